@@ -1,0 +1,73 @@
+# The bnserve serving image: `bnserve serve` on port 8001 over the models mounted at /models.
+#
+#   docker build -t bnserve .
+#   docker run --rm -p 8001:8001 -v ./models:/models:ro bnserve
+#
+# Two stages: the builder makes a virtual environment at /opt/venv and installs the project
+# with the `server` extra (non-editable); the runtime stage copies only that venv. The
+# `training` extra (torch) is never installed. Both stages use the same base image, because
+# the venv's python is a link to the base image's python3.
+#
+# BASE_IMAGE must provide `python3` (>= 3.11, for tomllib) with the venv module:
+# python:3.11-slim does, and so does a Debian bookworm image with python3 + python3-venv
+# (whose python3 lives in /usr/bin, with no `python` command: hence `python3` below).
+# Pin it by digest for reproducible builds: --build-arg BASE_IMAGE=python:3.11-slim@sha256:...
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS builder
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# A venv, not the system site-packages: Debian's pip refuses to install there
+# (externally-managed-environment), and the runtime stage copies one folder.
+RUN python3 -m venv "$VIRTUAL_ENV" \
+    && pip install --no-cache-dir pip==26.3
+
+# Dependencies first, in a layer of their own that is rebuilt only when pyproject.toml
+# changes: the base dependencies plus the `server` extra, read from pyproject.toml itself.
+COPY pyproject.toml /src/pyproject.toml
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
+        print("\n".join(p["dependencies"] + p["optional-dependencies"]["server"]))' \
+        > /tmp/requirements-server.txt \
+    && pip install --no-cache-dir --requirement /tmp/requirements-server.txt
+
+# Then the project itself (non-editable; .dockerignore keeps the context to the sources).
+# The venv's bundled setuptools only served the build: out it goes (image scanners flag
+# old ones). Last, a check that every installed distribution's requirements are met.
+COPY . /src
+RUN pip install --no-cache-dir --no-deps /src \
+    && pip uninstall --yes setuptools \
+    && pip check
+
+
+FROM ${BASE_IMAGE} AS runtime
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+# A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it. A home folder,
+# because onnxruntime keeps a small state file there (it warns at start without one).
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin bnserve
+
+# Owned by root: the service user can read the code, not change it.
+COPY --from=builder /opt/venv /opt/venv
+
+# The model repository: <name>/<version>/model.onnx + metadata, mounted read-only.
+VOLUME ["/models"]
+
+USER 10001:10001
+EXPOSE 8001
+
+# The server's own readiness check over gRPC (grpc.health.v1): exit 0 once it serves.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["bnserve", "health", "--address", "127.0.0.1:8001"]
+
+# Exec form: bnserve is PID 1 and gets SIGTERM from `docker stop` / Kubernetes directly.
+# Other subcommands run with the same image: `docker run IMAGE health --address ...`.
+ENTRYPOINT ["bnserve"]
+CMD ["serve", "--repository", "/models", "--host", "0.0.0.0", "--port", "8001"]

@@ -1,0 +1,48 @@
+# The two commands a fresh machine needs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REPOSITORY ?= models
+MODEL ?= digits
+HOST ?= 0.0.0.0
+PORT ?= 8001
+PROTO_OUT := $(VENV)/proto-gen
+
+.PHONY: serve test proto lint bench clean
+
+# A stamp per extra set: re-install only when pyproject.toml changes.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[server,training]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed-serve
+
+# Train and export the default model only when the repository has none.
+$(REPOSITORY)/$(MODEL): | $(VENV)/.installed-serve
+	$(BIN)/bnserve train --model cnn --dataset digits --run-dir runs/$(MODEL)
+	$(BIN)/bnserve export --run-dir runs/$(MODEL) --repository $(REPOSITORY) --name $(MODEL)
+
+serve: $(VENV)/.installed-serve $(REPOSITORY)/$(MODEL)
+	$(BIN)/bnserve serve --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+# Regenerate the protocol stubs; tests/proto checks the committed ones are current.
+proto: $(VENV)/.installed-dev
+	$(BIN)/python -m bnserve.proto.generate
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/serve_vs_inprocess.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,85 @@
+"""Client exceptions: every failed call raises one of these, keeping the gRPC status.
+
+    BnserveError                    (base: .code is the grpc.StatusCode, .details the message)
+     +-- ModelNotFoundError         NOT_FOUND: unknown model or version
+     +-- InvalidRequestError        INVALID_ARGUMENT: the request does not fit the model
+     +-- ServerUnavailableError     UNAVAILABLE: no server reachable, or it is shutting down
+     +-- ServerBusyError            RESOURCE_EXHAUSTED: the model's queue is full; retry later
+     +-- DeadlineExceededError      DEADLINE_EXCEEDED: the call's timeout passed
+     +-- ServerError                INTERNAL and anything else
+
+``translate_rpc_errors()`` is the one place a ``grpc.RpcError`` becomes one of these; the
+original error stays reachable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import grpc
+
+__all__ = [
+    "BnserveError",
+    "DeadlineExceededError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "ServerBusyError",
+    "ServerError",
+    "ServerUnavailableError",
+    "translate_rpc_errors",
+]
+
+
+class BnserveError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class ModelNotFoundError(BnserveError):
+    pass
+
+
+class InvalidRequestError(BnserveError):
+    pass
+
+
+class ServerUnavailableError(BnserveError):
+    pass
+
+
+class ServerBusyError(BnserveError):
+    pass
+
+
+class DeadlineExceededError(BnserveError):
+    pass
+
+
+class ServerError(BnserveError):
+    pass
+
+
+_BY_CODE: dict[grpc.StatusCode, type[BnserveError]] = {
+    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ServerBusyError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+}
+
+
+def error_from_rpc(exc: grpc.RpcError) -> BnserveError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    return _BY_CODE.get(code, ServerError)(code, details)
+
+
+@contextlib.contextmanager
+def translate_rpc_errors() -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc) from exc

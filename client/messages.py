@@ -1,0 +1,78 @@
+"""Build protocol requests from numpy and read numpy back from responses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from bnserve.proto import open_inference_pb2 as pb
+from bnserve.proto.tensors import datatype_of, decode_contents, decode_raw, dtype_of, encode_raw
+
+__all__ = ["ModelMetadata", "TensorInfo"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return dtype_of(self.datatype, name=self.name)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+
+def metadata_from_response(response: pb.ModelMetadataResponse) -> ModelMetadata:
+    def infos(tensors) -> tuple[TensorInfo, ...]:
+        return tuple(TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in tensors)
+
+    return ModelMetadata(
+        name=response.name,
+        versions=tuple(response.versions),
+        platform=response.platform,
+        inputs=infos(response.inputs),
+        outputs=infos(response.outputs),
+    )
+
+
+def infer_request(
+    model: str,
+    inputs: Mapping[str, ArrayLike],
+    *,
+    version: str = "",
+    outputs: Sequence[str] | None = None,
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    """Inputs go as raw contents: the compact encoding, and the one every server accepts."""
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        request.raw_input_contents.append(encode_raw(array))
+    for name in outputs or ():
+        request.outputs.add(name=name)
+    return request
+
+
+def outputs_from_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    raw = response.raw_output_contents
+    result = {}
+    for index, tensor in enumerate(response.outputs):
+        if raw:
+            array = decode_raw(raw[index], tensor.datatype, tensor.shape, name=tensor.name)
+        else:
+            array = decode_contents(tensor.contents, tensor.datatype, tensor.shape, name=tensor.name)
+        result[tensor.name] = array
+    return result

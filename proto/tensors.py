@@ -1,0 +1,197 @@
+"""numpy <-> Open Inference Protocol tensors, shared by the client and the server.
+
+Pure functions, symmetric pairs:
+
+- ``datatype_of(dtype)`` / ``dtype_of(datatype)``: numpy dtype <-> protocol datatype string;
+- ``encode_raw(array)`` / ``decode_raw(raw, datatype, shape, name)``: raw contents;
+- ``encode_contents(array, contents)`` / ``decode_contents(contents, datatype, shape, name)``:
+  the typed ``InferTensorContents`` fields.
+
+Every decoding error raises ``TensorCodecError`` with a message that names the tensor and
+says what was expected; the server answers it with INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnserve.proto import open_inference_pb2 as pb
+
+
+class TensorCodecError(ValueError):
+    """A tensor in a message does not match its declared datatype or shape."""
+
+
+@dataclass(frozen=True)
+class Datatype:
+    name: str  # the protocol's spelling, e.g. "FP32"
+    dtype: np.dtype  # little-endian numpy dtype; object for BYTES
+    contents_field: str | None  # InferTensorContents field, None: raw contents only
+
+
+_DATATYPES = [
+    Datatype("BOOL", np.dtype(np.bool_), "bool_contents"),
+    Datatype("UINT8", np.dtype("<u1"), "uint_contents"),
+    Datatype("UINT16", np.dtype("<u2"), "uint_contents"),
+    Datatype("UINT32", np.dtype("<u4"), "uint_contents"),
+    Datatype("UINT64", np.dtype("<u8"), "uint64_contents"),
+    Datatype("INT8", np.dtype("<i1"), "int_contents"),
+    Datatype("INT16", np.dtype("<i2"), "int_contents"),
+    Datatype("INT32", np.dtype("<i4"), "int_contents"),
+    Datatype("INT64", np.dtype("<i8"), "int64_contents"),
+    # FP16 travels as raw contents only: the typed message has no 16-bit float field.
+    Datatype("FP16", np.dtype("<f2"), None),
+    Datatype("FP32", np.dtype("<f4"), "fp32_contents"),
+    Datatype("FP64", np.dtype("<f8"), "fp64_contents"),
+    Datatype("BYTES", np.dtype(np.object_), "bytes_contents"),
+]
+DATATYPES: dict[str, Datatype] = {d.name: d for d in _DATATYPES}
+_BY_KIND: dict[tuple[str, int], Datatype] = {
+    (d.dtype.kind, d.dtype.itemsize): d for d in _DATATYPES if d.name != "BYTES"
+}
+CONTENTS_FIELDS = tuple(pb.InferTensorContents.DESCRIPTOR.fields_by_name)
+
+
+def datatype_of(dtype: np.dtype | type) -> str:
+    """The protocol datatype for a numpy dtype (str/bytes/object arrays are BYTES)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    found = _BY_KIND.get((dtype.kind, dtype.itemsize))
+    if found is None:
+        raise TensorCodecError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+    return found.name
+
+
+def dtype_of(datatype: str, *, name: str = "tensor") -> np.dtype:
+    """The numpy dtype for a protocol datatype, or TensorCodecError naming the tensor."""
+    try:
+        return DATATYPES[datatype].dtype
+    except KeyError:
+        known = ", ".join(DATATYPES)
+        raise TensorCodecError(
+            f"{name}: unsupported datatype {datatype!r}; expected one of {known}"
+        ) from None
+
+
+def check_shape(shape: Sequence[int], *, name: str) -> tuple[int, ...]:
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise TensorCodecError(f"{name}: shape {list(dims)} has a negative dimension")
+    return dims
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+# ---- raw contents -------------------------------------------------------------------------
+
+
+def encode_raw(array: np.ndarray) -> bytes:
+    """Row-major, little-endian bytes; BYTES elements as 4-byte length + payload."""
+    if datatype_of(array.dtype) == "BYTES":
+        parts = []
+        for item in np.asarray(array).ravel(order="C"):
+            data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+            parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(little).tobytes()
+
+
+def decode_raw(raw: bytes, datatype: str, shape: Sequence[int], *, name: str) -> np.ndarray:
+    dims = check_shape(shape, name=name)
+    dtype = dtype_of(datatype, name=name)
+    count = element_count(dims)
+    if datatype == "BYTES":
+        return _decode_raw_bytes(raw, dims, count, name=name)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise TensorCodecError(
+            f"{name}: raw contents hold {len(raw)} bytes, but {datatype} with shape "
+            f"{list(dims)} needs {expected}"
+        )
+    # Copy: the request buffer is read-only and must not outlive the message.
+    return np.frombuffer(raw, dtype=dtype).reshape(dims).copy()
+
+
+def _decode_raw_bytes(raw: bytes, dims: tuple[int, ...], count: int, *, name: str) -> np.ndarray:
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise TensorCodecError(f"{name}: BYTES raw contents end inside a length prefix")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise TensorCodecError(f"{name}: BYTES element {len(items)} runs past the end")
+        items.append(bytes(raw[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise TensorCodecError(
+            f"{name}: raw contents hold {len(items)} BYTES elements, shape {list(dims)} "
+            f"needs {count}"
+        )
+    out = np.empty(count, dtype=object)
+    out[:] = items
+    return out.reshape(dims)
+
+
+# ---- typed contents -----------------------------------------------------------------------
+
+
+def encode_contents(array: np.ndarray, contents: pb.InferTensorContents) -> None:
+    """Fill the typed field of ``contents`` that matches the array's datatype."""
+    datatype = DATATYPES[datatype_of(array.dtype)]
+    if datatype.contents_field is None:
+        raise TensorCodecError(f"{datatype.name} travels only as raw contents")
+    flat = np.asarray(array).ravel(order="C")
+    if datatype.name == "BYTES":
+        values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in flat]
+    else:
+        values = flat.tolist()
+    getattr(contents, datatype.contents_field).extend(values)
+
+
+def decode_contents(
+    contents: pb.InferTensorContents, datatype: str, shape: Sequence[int], *, name: str
+) -> np.ndarray:
+    dims = check_shape(shape, name=name)
+    dtype = dtype_of(datatype, name=name)
+    field = DATATYPES[datatype].contents_field
+    if field is None:
+        raise TensorCodecError(f"{name}: {datatype} data must be sent as raw contents")
+    for other in CONTENTS_FIELDS:
+        if other != field and len(getattr(contents, other)):
+            raise TensorCodecError(
+                f"{name}: {datatype} data goes in contents.{field}, not contents.{other}"
+            )
+    values = getattr(contents, field)
+    count = element_count(dims)
+    if len(values) != count:
+        raise TensorCodecError(
+            f"{name}: contents.{field} holds {len(values)} values, shape {list(dims)} "
+            f"needs {count}"
+        )
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=object)
+        out[:] = list(values)
+        return out.reshape(dims)
+    try:
+        # The typed fields are wider than small ints: refuse values that would wrap.
+        wide = np.asarray(values, dtype=np.float64 if dtype.kind == "f" else None)
+        array = wide.astype(dtype)
+        if dtype.kind in "iu" and count and not np.array_equal(array, wide):
+            raise TensorCodecError(f"{name}: a value in contents.{field} is out of {datatype} range")
+    except OverflowError:
+        raise TensorCodecError(f"{name}: a value in contents.{field} is out of {datatype} range") from None
+    return array.reshape(dims)
+
+
+def has_contents(contents: pb.InferTensorContents) -> bool:
+    return any(len(getattr(contents, f)) for f in CONTENTS_FIELDS)

@@ -1,0 +1,103 @@
+"""The composition root: ``build_server(settings)`` wires repository, models, servicer,
+health and reflection into one grpc.aio server. The CLI and the tests both call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bnserve.proto import open_inference_pb2 as pb
+from bnserve.proto import open_inference_pb2_grpc as pb_grpc
+from bnserve.server import metrics
+from bnserve.server.core import ModelManager
+from bnserve.server.servicer import InferenceServicer
+from bnserve.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def _package_version() -> str:
+    try:
+        return version("bnserve")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class InferenceServer:
+    """A started-or-startable server: the grpc.aio server, its port and its models."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.manager = ModelManager(settings, observer=metrics.observe_batch)
+        self.manager.load_all()
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+        self.grpc_server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(
+                self.manager, server_name=settings.server_name, server_version=_package_version()
+            ),
+            self.grpc_server,
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        )
+        address = f"{settings.host}:{settings.port}"
+        if ":" in settings.host and not settings.host.startswith("["):
+            address = f"[{settings.host}]:{settings.port}"
+        if settings.tls_certificate and settings.tls_private_key:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())]
+            )
+            self.port = self.grpc_server.add_secure_port(address, credentials)
+        elif settings.tls_certificate or settings.tls_private_key:
+            raise ValueError("TLS needs both tls_certificate and tls_private_key")
+        else:
+            self.port = self.grpc_server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+
+    @property
+    def models(self):
+        return self.manager.models
+
+    async def start(self) -> None:
+        self.manager.start()
+        await self.grpc_server.start()
+        if self.settings.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.settings.metrics_port, addr=self.settings.host)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving %d model(s) %s on port %d",
+            len(self.manager.models), sorted(self.manager.models), self.port,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: readiness goes false first, in-flight calls get ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.manager.accepting = False
+        await self.grpc_server.stop(grace)
+        await self.manager.stop()
+
+    async def wait(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+def build_server(settings: ServerSettings) -> InferenceServer:
+    """Load the repository's models and bind the port; ``await server.start()`` serves."""
+    return InferenceServer(settings)

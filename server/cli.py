@@ -1,0 +1,70 @@
+"""``bnserve serve``: run the inference server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve every model of a repository over the Open Inference Protocol (gRPC)",
+        description="Load the highest version of every model under --repository into "
+        "onnxruntime and serve them over the Open Inference Protocol (KServe V2) gRPC API, "
+        "with dynamic batching. Every option can also be set as an environment variable "
+        "BNSERVE_<OPTION> (e.g. BNSERVE_MAX_BATCH_SIZE=32); flags win.",
+    )
+    parser.add_argument("--repository", help="model repository folder (default: models)")
+    parser.add_argument("--host", help="listen address (default: 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="gRPC port, 0 = any free port (default: 8001)")
+    parser.add_argument("--max-batch-size", type=int, help="rows per onnxruntime run (default: 64)")
+    parser.add_argument(
+        "--max-queue-delay-ms", type=float, help="longest wait to fill a batch (default: 1.0)"
+    )
+    parser.add_argument("--max-queue-size", type=int, help="waiting requests per model (default: 1024)")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="execution provider (default: cpu)"
+    )
+    parser.add_argument("--intra-op-threads", type=int, help="onnxruntime threads, 0 = auto")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--tls-certificate", help="PEM certificate chain (enables TLS)")
+    parser.add_argument("--tls-private-key", help="PEM private key (enables TLS)")
+    parser.add_argument(
+        "--port-file", help="write the bound port to this file once serving (for scripts and tests)"
+    )
+    parser.set_defaults(handler=run, extra="server")
+
+
+async def _serve(settings, port_file: str | None) -> None:
+    from bnserve.server.app import build_server
+
+    server = build_server(settings)
+    await server.start()
+    if port_file:
+        with open(port_file, "w") as handle:
+            handle.write(f"{server.port}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("signal received: draining (grace %.1fs)", settings.shutdown_grace_s)
+    await server.stop()
+    log.info("stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bnserve.server.settings import ServerSettings
+
+    names = ("repository", "host", "port", "max_batch_size", "max_queue_delay_ms",
+             "max_queue_size", "device", "intra_op_threads", "metrics_port", "tls_certificate",
+             "tls_private_key")
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    settings = ServerSettings(**overrides)
+    asyncio.run(_serve(settings, args.port_file))
+    return 0

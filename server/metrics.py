@@ -1,0 +1,42 @@
+"""Prometheus metrics of the server (exposed over HTTP when ``metrics_port`` is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from bnserve.server.batcher import BatchRecord
+
+REQUESTS = Counter(
+    "bnserve_infer_requests_total", "ModelInfer calls by model and gRPC status", ["model", "code"]
+)
+BATCH_ROWS = Histogram(
+    "bnserve_batch_rows",
+    "Rows per onnxruntime run",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_REQUESTS = Histogram(
+    "bnserve_batch_requests",
+    "Requests merged into one onnxruntime run",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+QUEUE_WAIT = Histogram(
+    "bnserve_queue_wait_seconds", "Longest queue wait in a batch", ["model"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+RUN_TIME = Histogram(
+    "bnserve_run_seconds", "onnxruntime run time per batch", ["model"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+)
+
+
+def observe_batch(model: str, record: BatchRecord) -> None:
+    BATCH_ROWS.labels(model).observe(record.rows)
+    BATCH_REQUESTS.labels(model).observe(record.requests)
+    QUEUE_WAIT.labels(model).observe(record.queue_wait_s)
+    RUN_TIME.labels(model).observe(record.run_s)
+
+
+def count_request(model: str, code: str) -> None:
+    REQUESTS.labels(model, code).inc()

@@ -1,0 +1,98 @@
+"""onnxruntime, wrapped: provider selection, graph-derived tensor metadata, ``run``.
+
+The only module of the server that imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bnserve.server.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+# onnxruntime's element type names -> protocol datatypes.
+_ORT_TO_DATATYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the protocol describes it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 marks a dimension the graph leaves free
+
+
+def select_providers(device: str, available: Sequence[str]) -> list[str]:
+    """Execution providers for a device setting, given what this onnxruntime build offers."""
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise ModelLoadError(
+                "device=cuda was asked for, but this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or use device=cpu"
+            )
+        return [CUDA, CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise ValueError(f"device must be cpu, cuda or auto, not {device!r}")
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    datatype = _ORT_TO_DATATYPE.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which bnserve cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, datatype, shape)
+
+
+class OnnxRuntimeSession:
+    """One onnxruntime InferenceSession and the metadata derived from its graph."""
+
+    def __init__(self, path: Path, *, device: str = "cpu", intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        # One request batch at a time per model: inter-op parallelism only adds contention.
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = select_providers(device, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        self.providers: list[str] = self._session.get_providers()
+        self.inputs = [_spec(a) for a in self._session.get_inputs()]
+        self.outputs = [_spec(a) for a in self._session.get_outputs()]
+        log.debug("loaded %s on %s", path, self.providers)
+
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = list(output_names) if output_names else [o.name for o in self.outputs]
+        results = self._session.run(names, feeds)
+        return dict(zip(names, results, strict=True))

@@ -1,0 +1,76 @@
+"""Server settings: one pydantic-settings class, every field overridable as ``BNSERVE_<FIELD>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8001  # the Open Inference Protocol's customary gRPC port (Triton, KServe)
+
+
+class ServerSettings(BaseSettings):
+    """How the server listens, loads models and batches requests."""
+
+    model_config = SettingsConfigDict(env_prefix="BNSERVE_", extra="forbid")
+
+    repository: Path = Field(
+        default=Path("models"),
+        description="Model repository: <repository>/<model>/<version>/model.onnx; "
+        "the highest version of every model is served.",
+    )
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(
+        default=DEFAULT_PORT, ge=0, le=65535, description="gRPC port; 0 picks a free one."
+    )
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="Most rows merged into one onnxruntime run; a single request with more "
+        "rows is refused with INVALID_ARGUMENT.",
+    )
+    max_queue_delay_ms: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Longest a request waits for others to share its run. Raising it trades "
+        "latency for throughput under load; 0 batches only what is already queued "
+        "(bench/serve_vs_inprocess.py --delay-ms measures the trade).",
+    )
+    max_queue_size: int = Field(
+        default=1024,
+        ge=1,
+        description="Requests waiting per model before new ones get RESOURCE_EXHAUSTED, so "
+        "overload is refused quickly instead of queueing without bound.",
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu",
+        description="Execution provider: cpu; cuda (fail at start when onnxruntime has no "
+        "CUDA provider); auto (CUDA when present, else CPU).",
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime intra-op threads per model; 0 lets onnxruntime choose.",
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest gRPC message accepted or sent.",
+    )
+    shutdown_grace_s: float = Field(
+        default=5.0, ge=0.0, description="On SIGTERM, how long in-flight calls may finish."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics HTTP endpoint; unset disables it.",
+    )
+    tls_certificate: Path | None = Field(
+        default=None,
+        description="PEM certificate chain; with tls_private_key the server speaks TLS only.",
+    )
+    tls_private_key: Path | None = Field(default=None, description="PEM private key for TLS.")
+    server_name: str = Field(default="bnserve", description="Name in ServerMetadata.")

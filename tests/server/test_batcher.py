@@ -1,0 +1,166 @@
+"""DynamicBatcher against a deterministic fake runtime: merging, limits, isolation, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from bnserve.server.batcher import DynamicBatcher
+from bnserve.server.errors import ModelNotReadyError, QueueFullError
+
+
+class FakeRuntime:
+    """y = 2x + row-sum(x); fails a whole batch when any row holds NaN. Can be paused."""
+
+    def __init__(self) -> None:
+        self.batch_rows: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, feeds):
+        self.entered.set()
+        self.gate.wait(10)
+        x = feeds["x"]
+        self.batch_rows.append(x.shape[0])
+        if np.isnan(x).any():
+            raise ValueError("NaN in batch")
+        return {"y": 2 * x + x.sum(axis=1, keepdims=True)}
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+def make(runtime, executor, **kwargs):
+    options = dict(max_batch_size=8, max_queue_delay_s=0.05, max_queue_size=100)
+    options.update(kwargs)
+    batcher = DynamicBatcher(runtime, executor=executor, **options)
+    batcher.start()
+    return batcher
+
+
+def expected(x):
+    return 2 * x + x.sum(axis=1, keepdims=True)
+
+
+async def test_concurrent_requests_are_merged_and_answered_row_by_row(executor):
+    runtime = FakeRuntime()
+    batcher = make(runtime, executor, max_batch_size=64)
+    rows = [np.full((1, 3), i, np.float32) for i in range(20)]
+    results = await asyncio.gather(*(batcher.submit({"x": r}) for r in rows))
+    assert batcher.runs < 20 and sum(runtime.batch_rows) == 20
+    for row, result in zip(rows, results, strict=True):
+        np.testing.assert_array_equal(result["y"], expected(row))
+    await batcher.stop()
+
+
+async def test_no_run_exceeds_max_batch_size(executor):
+    runtime = FakeRuntime()
+    runtime.gate.clear()  # hold the first run so the rest pile up
+    batcher = make(runtime, executor, max_batch_size=5)
+    sizes = [1, 2, 3, 4, 1, 2, 5, 1]
+    tasks = [asyncio.ensure_future(batcher.submit({"x": np.ones((n, 2), np.float32) * n}))
+             for n in sizes]
+    await asyncio.to_thread(runtime.entered.wait, 5)
+    runtime.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert max(runtime.batch_rows) <= 5
+    assert sum(runtime.batch_rows) == sum(sizes)
+    for n, result in zip(sizes, results, strict=True):
+        assert result["y"].shape == (n, 2)
+    await batcher.stop()
+
+
+async def test_lone_request_waits_at_most_the_queue_delay(executor):
+    runtime = FakeRuntime()
+    batcher = make(runtime, executor, max_queue_delay_s=0.01)
+    result = await asyncio.wait_for(batcher.submit({"x": np.ones((1, 2), np.float32)}), 5)
+    np.testing.assert_array_equal(result["y"], [[4.0, 4.0]])
+    await batcher.stop()
+
+
+async def test_requests_with_different_row_shapes_are_not_merged(executor):
+    runtime = FakeRuntime()
+    batcher = make(runtime, executor)
+    a, b = np.ones((1, 2), np.float32), np.ones((1, 3), np.float32)
+    ra, rb = await asyncio.gather(batcher.submit({"x": a}), batcher.submit({"x": b}))
+    np.testing.assert_array_equal(ra["y"], expected(a))
+    np.testing.assert_array_equal(rb["y"], expected(b))
+    assert sorted(runtime.batch_rows) == [1, 1]
+    await batcher.stop()
+
+
+async def test_a_failing_request_does_not_fail_its_batch_neighbours(executor):
+    runtime = FakeRuntime()
+    batcher = make(runtime, executor)
+    good = [np.full((1, 2), i, np.float32) for i in range(3)]
+    bad = np.array([[np.nan, 0]], np.float32)
+    results = await asyncio.gather(
+        *(batcher.submit({"x": g}) for g in good), batcher.submit({"x": bad}),
+        return_exceptions=True,
+    )
+    for g, r in zip(good, results[:3], strict=True):
+        np.testing.assert_array_equal(r["y"], expected(g))
+    assert isinstance(results[3], ValueError)
+    await batcher.stop()
+
+
+async def test_full_queue_is_refused_and_nothing_leaks(executor):
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = make(runtime, executor, max_batch_size=1, max_queue_size=3)
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+    await asyncio.to_thread(runtime.entered.wait, 5)  # first is running, queue empty
+    waiting = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+               for _ in range(3)]
+    await asyncio.sleep(0)  # let them enqueue (ordering only, not timing)
+    with pytest.raises(QueueFullError, match="3 requests waiting"):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)})
+    runtime.gate.set()
+    await asyncio.gather(first, *waiting)
+    assert batcher.queued == 0
+    await batcher.stop()
+
+
+async def test_cancelled_callers_are_skipped(executor):
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = make(runtime, executor, max_batch_size=1)
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+    await asyncio.to_thread(runtime.entered.wait, 5)
+    abandoned = asyncio.ensure_future(batcher.submit({"x": np.full((1, 2), 7, np.float32)}))
+    await asyncio.sleep(0)
+    abandoned.cancel()
+    runtime.gate.set()
+    await first
+    last = await batcher.submit({"x": np.ones((1, 2), np.float32)})
+    assert last["y"].shape == (1, 2)
+    assert runtime.batch_rows == [1, 1]  # the cancelled request never ran
+    assert batcher.queued == 0
+    await batcher.stop()
+
+
+async def test_stop_answers_queued_requests_unavailable(executor):
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = make(runtime, executor, max_batch_size=1)
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+    await asyncio.to_thread(runtime.entered.wait, 5)
+    queued = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+    await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(batcher.stop())
+    runtime.gate.set()
+    await stopping
+    with pytest.raises(ModelNotReadyError):
+        await queued
+    with pytest.raises(ModelNotReadyError):  # the one that was running is answered too
+        await first
+    with pytest.raises(ModelNotReadyError):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)})

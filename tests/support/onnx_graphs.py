@@ -1,0 +1,90 @@
+"""Tiny hand-built ONNX graphs for server tests: deterministic, no training needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _save(graph: onnx.GraphProto, path: Path, opset: int = OPSET) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8  # readable by every onnxruntime the project supports
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def linear_softmax(path: Path, in_features: int = 4, classes: int = 3, seed: int = 0) -> Path:
+    """input FP32 [N, in_features] -> softmax(x @ W + b) FP32 [N, classes]."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(in_features, classes)).astype(np.float32)
+    bias = rng.normal(size=(classes,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["logits0"]),
+            helper.make_node("Add", ["logits0", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ],
+        "linear_softmax",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", in_features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    return _save(graph, path)
+
+
+def identity(path: Path, elem_type: int, width: int = 3) -> Path:
+    """x [N, width] -> y = x, for any element type."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, ["batch", width])],
+        [helper.make_tensor_value_info("y", elem_type, ["batch", width])],
+    )
+    return _save(graph, path)
+
+
+def two_inputs(path: Path) -> Path:
+    """a FP32 [N, 2], b INT64 [N, 2] -> sum FP32 [N, 2] = a + float(b)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["b"], ["b_float"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["a", "b_float"], ["sum"]),
+        ],
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 2]),
+        ],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 2])],
+    )
+    return _save(graph, path)
+
+
+def batchnorm(path: Path, *, training_mode: bool, channels: int = 3) -> Path:
+    """x [N, C] -> BatchNormalization; training_mode=1 normalizes with the batch's statistics."""
+    params = [
+        numpy_helper.from_array(np.ones(channels, np.float32), "scale"),
+        numpy_helper.from_array(np.zeros(channels, np.float32), "bias"),
+        numpy_helper.from_array(np.zeros(channels, np.float32), "mean"),
+        numpy_helper.from_array(np.ones(channels, np.float32), "var"),
+    ]
+    outputs = ["y", "running_mean", "running_var"] if training_mode else ["y"]
+    node = helper.make_node(
+        "BatchNormalization", ["x", "scale", "bias", "mean", "var"], outputs,
+        name="bn0", training_mode=int(training_mode),
+    )
+    graph = helper.make_graph(
+        [node],
+        "batchnorm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels])],
+        params,
+    )
+    return _save(graph, path, opset=15)

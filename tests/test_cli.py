@@ -1,0 +1,75 @@
+"""The `bnserve` command as a user runs it: serve, health, predict, SIGTERM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from support.subprocess_server import SubprocessServer
+
+BNSERVE = [sys.executable, "-m", "bnserve.client.cli"]
+
+
+def bnserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BNSERVE, *args], capture_output=True, text=True, check=check,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def served(digits_repository):
+    with SubprocessServer(digits_repository, "--max-batch-size", "32") as server:
+        yield server
+
+
+def test_help_lists_every_subcommand():
+    out = bnserve("--help").stdout
+    for command in ("train", "export", "serve", "predict", "health"):
+        assert command in out
+    assert "--repository" in bnserve("serve", "--help").stdout
+    assert "--input" in bnserve("predict", "--help").stdout
+
+
+def test_health(served):
+    assert bnserve("health", "--address", served.address).stdout.strip() == "ready"
+    assert bnserve("health", "--address", served.address, "--model", "digits").returncode == 0
+    missing = bnserve("health", "--address", served.address, "--model", "nope", check=False)
+    assert missing.returncode == 1
+    down = bnserve("health", "--address", "127.0.0.1:1", "--timeout", "1", check=False)
+    assert down.returncode == 1
+
+
+def test_predict_prints_and_saves(served, digits_data, tmp_path):
+    images, labels = digits_data
+    np.save(tmp_path / "x.npy", images[:5])
+    printed = bnserve("predict", "--model", "digits", "--input", str(tmp_path / "x.npy"),
+                      "--address", served.address).stdout
+    assert "argmax per row:" in printed
+    saved = bnserve("predict", "--model", "digits", "--input", str(tmp_path / "x.npy"),
+                    "--address", served.address, "--output", str(tmp_path / "y.npy"))
+    assert "saved float32 [5, 10]" in saved.stdout
+    probabilities = np.load(tmp_path / "y.npy")
+    assert (probabilities.argmax(axis=1) == labels[:5]).mean() >= 0.8
+
+
+def test_predict_reports_errors_without_a_traceback(served, tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3), np.float32))
+    result = bnserve("predict", "--model", "digits", "--input", str(tmp_path / "bad.npy"),
+                     "--address", served.address, check=False)
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_the_server_cleanly(digits_repository):
+    with SubprocessServer(digits_repository) as server:
+        assert bnserve("health", "--address", server.address).returncode == 0
+        started = time.monotonic()
+        code = server.terminate()
+        elapsed = time.monotonic() - started
+    assert code == 0, server.log
+    assert elapsed < 10, f"took {elapsed:.1f}s to stop"
+    assert "draining" in server.log and "stopped" in server.log
+    assert "Traceback" not in server.log

@@ -1,0 +1,83 @@
+"""The run folder: a checkpoint that rebuilds the model, metrics JSON, training curves.
+
+    RUN/checkpoint.pt   state_dict + ModelSpec + input statistics + labels + metrics
+    RUN/metrics.json    per-epoch train/val loss and accuracy, final figures
+    RUN/curves.png      the same curves, drawn
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bnserve.training.config import ModelSpec
+from bnserve.training.datasets import InputStatistics
+from bnserve.training.errors import CheckpointError
+from bnserve.training.models import build_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.png"
+FORMAT = 1  # bump when the checkpoint layout changes
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    state_dict: dict[str, torch.Tensor]
+    statistics: InputStatistics  # of the training split, raw inputs
+    labels: tuple[str, ...]
+    dataset: str
+    config: dict[str, Any]  # the TrainConfig, as a dict
+    metrics: dict[str, Any]  # final figures (metrics.json has the per-epoch history)
+    samples: np.ndarray  # (K, *sample_shape) raw validation inputs, for export verification
+
+    def build(self) -> nn.Module:
+        """The trained model in eval mode (the state it is always exported in)."""
+        model = build_model(self.spec)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
+    torch.save(
+        {
+            "format": FORMAT,
+            "spec": ckpt.spec.to_dict(),
+            "state_dict": ckpt.state_dict,
+            "statistics": ckpt.statistics.to_dict(),
+            "labels": list(ckpt.labels),
+            "dataset": ckpt.dataset,
+            "config": ckpt.config,
+            "metrics": ckpt.metrics,
+            "samples": torch.from_numpy(ckpt.samples),
+        },
+        path,
+    )
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first (bnserve train --run-dir)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bnserve checkpoint of format {FORMAT}")
+    return Checkpoint(
+        spec=ModelSpec.from_dict(data["spec"]),
+        state_dict=data["state_dict"],
+        statistics=InputStatistics.from_dict(data["statistics"]),
+        labels=tuple(data["labels"]),
+        dataset=data["dataset"],
+        config=data["config"],
+        metrics=data["metrics"],
+        samples=data["samples"].numpy(),
+    )

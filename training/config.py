@@ -1,0 +1,87 @@
+"""Plain dataclasses that describe a model and a training run (stdlib only).
+
+The CLI reads the defaults from here for ``--help`` without importing torch; the
+checkpoint stores them as dicts so the exporter can rebuild the exact model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BatchNormOptions:
+    """How every BatchNorm layer of a model is built."""
+
+    # PyTorch's default; the exporter folds it into the Conv/Gemm, so it only matters in training.
+    eps: float = 1e-5
+    # PyTorch's default: running stats average the last ~10 batches, enough for ~20 steps/epoch.
+    momentum: float = 0.1
+    # Learned scale and shift; folded into the preceding layer's weights at export.
+    affine: bool = True
+    # Running statistics are what the exported graph freezes; export refuses a model without.
+    track_running_stats: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model before loading its state_dict."""
+
+    kind: str  # key in models.MODELS
+    sample_shape: tuple[int, ...]  # one input without the batch axis, e.g. (1, 8, 8)
+    num_classes: int
+    width: int = 32  # channels of the first stage (hidden units for non-conv models)
+    batchnorm: BatchNormOptions = field(default_factory=BatchNormOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(
+            kind=str(data["kind"]),
+            sample_shape=tuple(int(d) for d in data["sample_shape"]),
+            num_classes=int(data["num_classes"]),
+            width=int(data["width"]),
+            batchnorm=BatchNormOptions(**data["batchnorm"]),
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run; the defaults train the digits CNN."""
+
+    # Which builder in models.MODELS; adding a model is one registered function.
+    model: str = "cnn"
+    # Which loader in datasets.DATASETS.
+    dataset: str = "digits"
+    # digits passes 98% val accuracy by epoch 4 and stays ~99% after; 10 leaves margin for
+    # other seeds and trains in ~4 s on one core.
+    epochs: int = 10
+    # 22 full batches per epoch over 1,437 training images; 64 rows give BatchNorm stable
+    # batch statistics. The last partial batch is dropped so no batch is tiny.
+    batch_size: int = 64
+    # Peak LR of the one-cycle schedule: 1e-3 to 3e-2 all end near 99% on digits, but 1e-2 and
+    # up swing in mid-run (val accuracy dips to 55-90%); 3e-3 climbs steadily.
+    lr: float = 3e-3
+    # AdamW decay: 0 to 1e-2 all end at ~99% here; a small value guards bigger zoo models.
+    weight_decay: float = 1e-4
+    # 20% held out (360 digits, stratified): enough to read 95% accuracy to about +-1%.
+    val_fraction: float = 0.2
+    # First-stage channels of the CNN: 32 reaches ~99%; 16 trains faster (quick builds).
+    width: int = 32
+    # Seeds weight init, dropout, the split and the shuffling: same seed, same weights.
+    seed: int = 0
+    # 8x8 convs are too small to split: one thread trained 10 epochs in 3.8 s, two in 5.0 s
+    # on a 2-core machine. Results are deterministic for a fixed thread count.
+    num_threads: int = 1
+    # --dry-run: one epoch of a few steps, for tests; the run folder is still written.
+    dry_run: bool = False
+    # Optimizer steps per epoch under --dry-run.
+    dry_run_steps: int = 3
+    # How every BatchNorm layer is built (a later --bn-* option lands here).
+    batchnorm: BatchNormOptions = field(default_factory=BatchNormOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,62 @@
+"""Errors raised while training, exporting and publishing models.
+
+    TrainingError                      base of everything below
+     ├── RegistryError                 unknown --model or --dataset
+     ├── CheckpointError               a run folder without a usable checkpoint
+     ├── ExportError
+     │    ├── RunningStatisticsError   BatchNorm layers without running statistics
+     │    └── VerificationError        the exported graph failed a check (carries the report)
+     └── RepositoryError
+          ├── InvalidVersionError      a version that is not a positive integer, a bad name
+          └── VersionExistsError       the version is already published: never overwritten
+
+The CLI turns any ``TrainingError`` into a one-line message and exit status 1; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TrainingError(Exception):
+    """Base class of the errors of ``bnserve.training``."""
+
+
+class RegistryError(TrainingError, KeyError):
+    """No model builder or dataset is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(TrainingError):
+    """A run folder has no checkpoint, or one this version cannot read."""
+
+
+class ExportError(TrainingError):
+    """A model could not be exported, or its export did not verify."""
+
+
+class RunningStatisticsError(ExportError):
+    """A BatchNorm layer has no running statistics to freeze into the graph."""
+
+
+class VerificationError(ExportError):
+    """The exported ONNX graph failed one or more verification checks."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class RepositoryError(TrainingError):
+    """A model repository could not be written as asked."""
+
+
+class InvalidVersionError(RepositoryError):
+    """A version that is not a positive integer, or a model name that is not a plain name."""
+
+
+class VersionExistsError(RepositoryError):
+    """The version is already in the repository; published versions are never overwritten."""
