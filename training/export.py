@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bnserve.training.card import build_model_card
-from bnserve.training.checkpoint import load_checkpoint
+from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import ExportError
 from bnserve.training.models import batchnorm_layers, require_running_statistics
@@ -144,6 +144,9 @@ def export_run(run_dir: Path | str, repository: Path | str, name: str,
         with stage_version(repository, name, version) as staged:
             staged_onnx = staged.path / MODEL_FILE
             shutil.copyfile(onnx_path, staged_onnx)
+            # The PyTorch source travels with the version, so `recalibrate` (and any later
+            # re-export) works from the repository alone; the server ignores it.
+            shutil.copyfile(Path(run_dir) / CHECKPOINT_FILE, staged.path / CHECKPOINT_FILE)
             card = build_model_card(name=name, version=staged.version, onnx_path=staged_onnx,
                                     checkpoint=ckpt, report=report,
                                     torch_batchnorm_layers=num_bn)

@@ -30,7 +30,9 @@ DRY = TrainConfig(dry_run=True)
 
 def test_export_publishes_model_and_card(exported: ExportResult) -> None:
     assert exported.version == 1 and exported.path.name == "1"
-    assert sorted(p.name for p in exported.path.iterdir()) == ["metadata.json", "model.onnx"]
+    assert sorted(p.name for p in exported.path.iterdir()) == [
+        "checkpoint.pt", "metadata.json", "model.onnx"
+    ]
     assert sorted(p.name for p in exported.path.parent.iterdir()) == ["1"]  # no staging left
     card = json.loads((exported.path / "metadata.json").read_text())
     assert card == exported.card
