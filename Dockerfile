@@ -63,7 +63,7 @@ VOLUME ["/models"]
 USER 10001:10001
 EXPOSE 8001
 
-# The server's own readiness check over gRPC (grpc.health.v1): exit 0 once it serves.
+# Asks the server over gRPC whether it is ready (ServerReady): exit 0 when it is.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["bnserve", "health", "--address", "127.0.0.1:8001"]
 

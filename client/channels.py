@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import grpc
+
+from bnserve.client.messages import ModelMetadata
+from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "localhost:8001"
 
@@ -60,3 +66,59 @@ class RoundRobin:
     def order(self) -> list[int]:
         start = next(self._next) % self._count
         return [(start + i) % self._count for i in range(self._count)]
+
+
+class ClientBase:
+    """What Client and AsyncClient share: addresses, TLS, one stub per address, caches.
+
+    ``address``: "host:port", a gRPC target such as "dns:///name:8001", or a list of them.
+    ``timeout``: default seconds per call (None: no deadline); every method takes its own.
+    ``tls``: TLS with the system roots; ``root_certificates`` (PEM) trusts a private CA;
+    ``private_key`` + ``certificate_chain`` (PEM) present a client certificate (mutual TLS).
+    ``_grpc`` is ``grpc`` or ``grpc.aio``: both offer the same channel constructors.
+    """
+
+    _grpc: ModuleType = grpc
+
+    def __init__(
+        self,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = 30.0,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        config = channel_config(
+            address,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            max_message_bytes=max_message_bytes,
+        )
+        self.addresses = config.addresses
+        self.timeout = timeout
+        self._channels = [
+            self._grpc.secure_channel(a, config.credentials, config.options)
+            if config.credentials
+            else self._grpc.insecure_channel(a, config.options)
+            for a in config.addresses
+        ]
+        self._stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
+        self._order = RoundRobin(len(self._stubs))
+        self._metadata_cache: dict[tuple[str, str], ModelMetadata] = {}
+
+    def _attempts(self, timeout: float | None) -> Iterator[tuple[Any, float | None, bool]]:
+        """(stub, seconds left, is_last) for each address a call may try, in round-robin order.
+
+        All attempts share one deadline: failing over never extends the caller's timeout.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        order = self._order.order()
+        for attempt, index in enumerate(order):
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            yield self._stubs[index], remaining, attempt == len(order) - 1

@@ -76,3 +76,15 @@ def outputs_from_response(response: pb.ModelInferResponse) -> dict[str, np.ndarr
             array = decode_contents(tensor.contents, tensor.datatype, tensor.shape, name=tensor.name)
         result[tensor.name] = array
     return result
+
+
+def predict_chunks(
+    meta: ModelMetadata, array: ArrayLike, batch_size: int | None
+) -> tuple[str, str, list[np.ndarray]]:
+    """For ``predict``: the input and output names, and the array cast and split into requests."""
+    if len(meta.inputs) != 1:
+        raise ValueError(f"model {meta.name!r} has {len(meta.inputs)} inputs; use infer()")
+    x = np.asarray(array, dtype=meta.inputs[0].dtype)
+    step = batch_size or max(len(x), 1)
+    chunks = [x[start : start + step] for start in range(0, max(len(x), 1), step)]
+    return meta.inputs[0].name, meta.outputs[0].name, chunks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,57 +9,28 @@ import grpc
 import numpy as np
 from numpy.typing import ArrayLike
 
-from bnserve.client.channels import DEFAULT_ADDRESS, RoundRobin, channel_config
+from bnserve.client.channels import ClientBase
 from bnserve.client.errors import ServerUnavailableError, translate_rpc_errors
 from bnserve.client.messages import (
     ModelMetadata,
     infer_request,
     metadata_from_response,
     outputs_from_response,
+    predict_chunks,
 )
 from bnserve.proto import open_inference_pb2 as pb
-from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 
 __all__ = ["Client"]
 
 
-class Client:
+class Client(ClientBase):
     """A connection to one or more bnserve (or any Open Inference Protocol) servers.
 
     Several addresses are used in turn, call by call; a call that finds its server
     UNAVAILABLE moves on to the next one within the same deadline.
     """
 
-    def __init__(
-        self,
-        address: str | Sequence[str] = DEFAULT_ADDRESS,
-        *,
-        timeout: float | None = 30.0,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        max_message_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        config = channel_config(
-            address,
-            tls=tls,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            max_message_bytes=max_message_bytes,
-        )
-        self.addresses = config.addresses
-        self.timeout = timeout
-        self._channels = [
-            grpc.secure_channel(a, config.credentials, config.options)
-            if config.credentials
-            else grpc.insecure_channel(a, config.options)
-            for a in config.addresses
-        ]
-        self._stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
-        self._order = RoundRobin(len(self._stubs))
-        self._metadata_cache: dict[tuple[str, str], ModelMetadata] = {}
+    _grpc = grpc
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -77,16 +47,12 @@ class Client:
     # -- calls ------------------------------------------------------------------------------
 
     def _call(self, method: str, request: Any, timeout: float | None) -> Any:
-        timeout = self.timeout if timeout is None else timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        order = self._order.order()
         with translate_rpc_errors():
-            for attempt, index in enumerate(order):
-                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            for stub, remaining, last in self._attempts(timeout):
                 try:
-                    return getattr(self._stubs[index], method)(request, timeout=remaining)
+                    return getattr(stub, method)(request, timeout=remaining)
                 except grpc.RpcError as exc:
-                    last = attempt == len(order) - 1
+                    # UNAVAILABLE: that server is down or draining; the next one may answer.
                     if exc.code() != grpc.StatusCode.UNAVAILABLE or last:
                         raise
         raise AssertionError("unreachable")
@@ -146,16 +112,11 @@ class Client:
         meta = self._metadata_cache.get((model, version)) or self.metadata(
             model, version=version, timeout=timeout
         )
-        if len(meta.inputs) != 1:
-            raise ValueError(f"model {model!r} has {len(meta.inputs)} inputs; use infer()")
-        first_input, first_output = meta.inputs[0], meta.outputs[0]
-        x = np.asarray(array, dtype=first_input.dtype)
-        step = batch_size or max(len(x), 1)
+        input_name, output_name, chunks = predict_chunks(meta, array, batch_size)
         parts = []
-        for start in range(0, max(len(x), 1), step):
+        for chunk in chunks:
             result = self.infer(
-                model, {first_input.name: x[start : start + step]}, version=version,
-                outputs=[first_output.name], timeout=timeout,
+                model, {input_name: chunk}, version=version, outputs=[output_name], timeout=timeout
             )
-            parts.append(result[first_output.name])
+            parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -38,6 +38,9 @@ class InferenceServer:
         self.manager = ModelManager(settings, observer=metrics.observe_batch)
         self.manager.load_all()
         options = [
+            # grpc enables SO_REUSEPORT by default: a second server on a taken port would
+            # silently share its traffic instead of failing to start.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
@@ -60,13 +63,23 @@ class InferenceServer:
             credentials = grpc.ssl_server_credentials(
                 [(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())]
             )
-            self.port = self.grpc_server.add_secure_port(address, credentials)
+            self.port = self._bind(address, credentials)
         elif settings.tls_certificate or settings.tls_private_key:
             raise ValueError("TLS needs both tls_certificate and tls_private_key")
         else:
-            self.port = self.grpc_server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+            self.port = self._bind(address, None)
+
+    def _bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        try:
+            if credentials is None:
+                port = self.grpc_server.add_insecure_port(address)
+            else:
+                port = self.grpc_server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpc's way of saying the bind failed
+            raise OSError(f"cannot listen on {address} (is the port taken?)") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {address} (is the port taken?)")
+        return port
 
     @property
     def models(self):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,26 @@ async def _serve(settings, port_file: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from bnserve.server.settings import ServerSettings
 
     names = ("repository", "host", "port", "max_batch_size", "max_queue_delay_ms",
              "max_queue_size", "device", "intra_op_threads", "metrics_port", "tls_certificate",
              "tls_private_key")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    settings = ServerSettings(**overrides)
-    asyncio.run(_serve(settings, args.port_file))
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"bnserve serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(settings, args.port_file))
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        # Start-up problems a user can fix (no repository, port taken, half a TLS pair).
+        print(f"bnserve serve: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -73,3 +73,19 @@ def test_sigterm_stops_the_server_cleanly(digits_repository):
     assert elapsed < 10, f"took {elapsed:.1f}s to stop"
     assert "draining" in server.log and "stopped" in server.log
     assert "Traceback" not in server.log
+
+
+def test_serve_start_up_errors_are_one_clear_line(served, tmp_path):
+    taken = bnserve("serve", "--repository", str(tmp_path), "--host", "127.0.0.1",
+                    "--port", str(served.port), check=False)
+    assert taken.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{served.port} (is the port taken?)" in taken.stderr
+    missing = bnserve("serve", "--repository", str(tmp_path / "nope"), "--port", "0",
+                      check=False)
+    assert missing.returncode == 1 and "is not a directory" in missing.stderr
+    invalid = bnserve("serve", "--repository", str(tmp_path), "--port", "70000", check=False)
+    assert invalid.returncode == 2 and "port: Input should be less than or equal to 65535" in (
+        invalid.stderr
+    )
+    for result in (taken, missing, invalid):
+        assert "Traceback" not in result.stderr
