@@ -1,8 +1,10 @@
 """The model card: ``metadata.json`` beside each published ``model.onnx``.
 
-It describes what a server and a person need without opening the graph: tensors, labels,
-input statistics folded into the graph, training metrics, what verification measured,
-how many BatchNorm layers were folded, versions of the tools, and the file's sha256.
+It describes what a server and a person need without opening the graph: the model kind
+and norm, dataset, tensors, labels, input statistics folded into the graph, training
+metrics, what verification measured, how many BatchNorm layers were folded (and how far
+the folded graph is from the unfolded one), measured latency when asked for, opset,
+versions of the tools, and the file's sha256.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import onnxruntime
 import torch
 
 from bnserve.training.checkpoint import Checkpoint
+from bnserve.training.datasets import InputStatistics
 from bnserve.training.verify import VerificationReport
 
 SCHEMA_VERSION = 1
@@ -44,23 +47,40 @@ def tensor_signature(value: onnx.ValueInfoProto) -> dict[str, Any]:
             "datatype": OIP_DATATYPES.get(dtype, dtype.upper())}
 
 
-def build_model_card(*, name: str, version: int, onnx_path: Path, checkpoint: Checkpoint,
-                     report: VerificationReport, torch_batchnorm_layers: int) -> dict[str, Any]:
+def build_model_card(*, name: str, version: int, onnx_path: Path, report: VerificationReport,
+                     torch_batchnorm_layers: int, checkpoint: Checkpoint | None = None,
+                     model: dict[str, Any] | None = None, dataset: str | None = None,
+                     labels: tuple[str, ...] = (), statistics: InputStatistics | None = None,
+                     metrics: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card of one published version.
+
+    A zoo model's card comes from its ``checkpoint``; a user's own module (``export_module``)
+    passes ``model`` ({"kind", "norm", "spec"}), ``dataset``, ``labels``, ``statistics`` and
+    ``metrics`` instead. ``extra`` adds keys (folded-vs-unfolded figures, ``latency``).
+    """
+    if checkpoint is not None:
+        model = {"kind": checkpoint.spec.kind, "norm": checkpoint.spec.norm,
+                 "spec": checkpoint.spec.to_dict()}
+        dataset, labels = checkpoint.dataset, checkpoint.labels
+        statistics, metrics = checkpoint.statistics, checkpoint.metrics
     graph = onnx.load(str(onnx_path))
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    standardized = statistics is not None and not statistics.is_identity
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "version": version,
         "platform": PLATFORM,
-        "model": {"kind": checkpoint.spec.kind, "spec": checkpoint.spec.to_dict()},
-        "dataset": checkpoint.dataset,
-        "labels": list(checkpoint.labels),
+        "model": model or {"kind": "custom", "norm": "batch", "spec": None},
+        "dataset": dataset,
+        "labels": list(labels),
         "inputs": [tensor_signature(v) for v in graph.graph.input],
         "outputs": [tensor_signature(v) for v in graph.graph.output],
-        # The graph computes (input - mean) / std itself: clients send raw inputs.
-        "input_statistics": checkpoint.statistics.to_dict(),
-        "metrics": checkpoint.metrics,
+        # The graph computes (input - mean) / std itself: clients send raw inputs. Token ids
+        # (and a custom module exported without statistics) go in unstandardized: null here.
+        "input_statistics": statistics.to_dict() if standardized else None,
+        "metrics": metrics or {},
         "batchnorm": {
             "torch_layers": torch_batchnorm_layers,
             "onnx_nodes": report.batchnorm_nodes,
@@ -74,4 +94,5 @@ def build_model_card(*, name: str, version: int, onnx_path: Path, checkpoint: Ch
         "sha256": sha256_of(onnx_path),
         "size_bytes": onnx_path.stat().st_size,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
     }

@@ -1,6 +1,10 @@
 """The run folder: a checkpoint that rebuilds the model, metrics JSON, training curves.
 
     RUN/checkpoint.pt   state_dict + ModelSpec + input statistics + labels + metrics
+                        (the weights that get exported: the last epoch's, or the best one's
+                        under early stopping)
+    RUN/last.pt         the training state after the last finished epoch, for --resume:
+                        model, optimizer, scheduler, RNG states, history, best weights
     RUN/metrics.json    per-epoch train/val loss and accuracy, final figures
     RUN/curves.png      the same curves, drawn
 """
@@ -21,6 +25,7 @@ from bnserve.training.errors import CheckpointError
 from bnserve.training.models import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
+TRAINING_STATE_FILE = "last.pt"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 FORMAT = 1  # bump when the checkpoint layout changes
@@ -30,12 +35,12 @@ FORMAT = 1  # bump when the checkpoint layout changes
 class Checkpoint:
     spec: ModelSpec
     state_dict: dict[str, torch.Tensor]
-    statistics: InputStatistics  # of the training split, raw inputs
+    statistics: InputStatistics  # of the training split, raw inputs (identity for token ids)
     labels: tuple[str, ...]
     dataset: str
     config: dict[str, Any]  # the TrainConfig, as a dict
     metrics: dict[str, Any]  # final figures (metrics.json has the per-epoch history)
-    samples: np.ndarray  # (K, *sample_shape) raw validation inputs, for export verification
+    samples: np.ndarray  # (K, *sample_shape) raw validation inputs (float32 or int64 tokens)
 
     def build(self) -> nn.Module:
         """The trained model in eval mode (the state it is always exported in)."""
@@ -81,3 +86,25 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         metrics=data["metrics"],
         samples=data["samples"].numpy(),
     )
+
+
+def save_training_state(state: dict[str, Any], run_dir: Path) -> None:
+    """Write RUN/last.pt atomically (a crash mid-write leaves the previous epoch's state)."""
+    path = Path(run_dir) / TRAINING_STATE_FILE
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"format": FORMAT, **state}, partial)
+    partial.replace(path)
+
+
+def load_training_state(run_dir: Path) -> dict[str, Any]:
+    """The state ``save_training_state`` wrote, for resuming; ``CheckpointError`` if none."""
+    path = Path(run_dir) / TRAINING_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: no {TRAINING_STATE_FILE} in {run_dir}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise CheckpointError(f"cannot read training state {path}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bnserve training state of format {FORMAT}")
+    return state

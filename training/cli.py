@@ -1,4 +1,8 @@
-"""``bnserve train`` and ``bnserve export``.
+"""``bnserve train`` and ``bnserve export`` (and ``recalibrate``).
+
+    bnserve train --model {mlp,cnn,audio,text,rnn} [--dataset NAME | --data x.npz] --run-dir RUN
+    bnserve train --run-dir RUN --resume
+    bnserve export --run-dir RUN --repository models --name NAME [--no-fold] [--report]
 
 Only the standard library is imported here; torch, scikit-learn and onnx are imported by
 the handlers, so ``bnserve --help`` works with the base install.
@@ -10,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bnserve.training.config import TrainConfig
+from bnserve.training.config import DEFAULT_DATASETS, NORMS, TrainConfig
 from bnserve.training.errors import TrainingError
 
 DEFAULTS = TrainConfig()
@@ -21,11 +25,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a BatchNorm model and write a run folder",
         description="Train a BatchNorm model on a dataset; write RUN_DIR/checkpoint.pt, "
         "metrics.json and curves.png.",
+        epilog="Several processes or GPUs (DistributedDataParallel, SyncBatchNorm; the same "
+        "run folder): torchrun --nproc_per_node=N -m bnserve.training.distributed "
+        "--run-dir RUN_DIR [options]; there --batch-size is the global batch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    train.add_argument("--model", default=DEFAULTS.model, help="registered model builder")
-    train.add_argument("--dataset", default=DEFAULTS.dataset, help="registered dataset")
+    train.add_argument("--model", default=DEFAULTS.model, metavar="{" + ",".join(DEFAULT_DATASETS)
+                       + "}", help="registered model builder")
+    data = train.add_mutually_exclusive_group()
+    data.add_argument("--dataset", default=None,
+                      help="registered dataset (digits, wine, breast_cancer, audio, text); default "
+                      "per model: " + ", ".join(f"{m}->{d}" for m, d in DEFAULT_DATASETS.items()))
+    data.add_argument("--data", type=Path, default=None, metavar="PATH.npz",
+                      help="your own data: arrays x, y (and optional labels); x is (N, F) "
+                      "for mlp, (N, H, W) or (N, C, H, W) for cnn, (N, T) or (N, C, T) for "
+                      "audio/rnn, int token ids (N, L) for text/rnn")
     train.add_argument("--run-dir", type=Path, required=True, help="folder to write the run to")
+    train.add_argument("--norm", choices=NORMS, default=DEFAULTS.norm,
+                       help="batch: BatchNorm where it belongs; none: the same network without")
+    train.add_argument("--bn-eps", type=float, default=DEFAULTS.batchnorm.eps,
+                       help="BatchNorm epsilon")
+    train.add_argument("--bn-momentum", type=float, default=DEFAULTS.batchnorm.momentum,
+                       help="BatchNorm running-statistics momentum")
+    train.add_argument("--no-affine", action="store_true",
+                       help="BatchNorm without learnable scale and shift (gamma, beta)")
+    train.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
+                       help="channels of the first stage / hidden units")
+    train.add_argument("--patience", type=_positive_int, default=None,
+                       help="early stopping: stop after N epochs without a lower val loss and "
+                       "keep the best epoch's weights (default: train every epoch)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue RUN_DIR from its last finished epoch (RUN_DIR/last.pt) "
+                       "with the run's own configuration; other options are ignored")
     train.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs,
                        help="passes over the training split")
     train.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
@@ -51,7 +82,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--version", type=_positive_int, default=None,
                         help="version to publish (default: highest existing + 1); "
                         "an existing version is never overwritten")
+    export.add_argument("--no-fold", action="store_true",
+                        help="keep BatchNormalization nodes (inference mode) instead of folding "
+                        "them into the preceding Conv/Gemm")
+    export.add_argument("--report", action="store_true",
+                        help="also measure onnxruntime latency at batch 1 and 32 of the folded, "
+                        "unfolded and no-BatchNorm graphs (into metadata.json `latency`)")
+    export.add_argument("--latency-runs", type=_positive_int, default=200,
+                        help="timed runs per figure for --report (median reported)")
     export.set_defaults(handler=run_export, extra="training")
+
+    recalibrate = subparsers.add_parser(
+        "recalibrate", help="re-estimate a published model's statistics on new data, "
+        "publish the next version",
+        description="Re-estimate the input statistics and BatchNorm running statistics of "
+        "REPOSITORY/NAME/VERSION on the inputs `x` of an .npz file (no labels needed, no "
+        "gradient step, weights untouched), then export and verify it as the next version. "
+        "The source version is never changed.",
+    )
+    recalibrate.add_argument("--model", required=True, help="model name in the repository")
+    recalibrate.add_argument("--data", type=Path, required=True,
+                             help=".npz with inputs `x` (N, *sample_shape), raw as clients send")
+    recalibrate.add_argument("--repository", type=Path, default=Path("models"),
+                             help="model repository (default: models)")
+    recalibrate.add_argument("--version", type=_positive_int, default=None,
+                             help="source version (default: the latest)")
+    # recalibrate.BATCH_SIZE, not imported: it would import torch for --help.
+    recalibrate.add_argument("--batch-size", type=_positive_int, default=256,
+                             help="rows per forward pass (default: 256)")
+    recalibrate.add_argument("--labels-key", default="y",
+                             help="array of class ids in the .npz; when present, accuracy "
+                             "before and after is printed (recalibration never uses it; default: y)")
+    recalibrate.add_argument("--keep-input-statistics", action="store_true",
+                             help="re-estimate only BatchNorm; keep the training data's input "
+                             "mean and std")
+    recalibrate.set_defaults(handler=run_recalibrate, extra="training")
 
 
 def _positive_int(text: str) -> int:
@@ -65,23 +130,70 @@ def _positive_int(text: str) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import os
     from dataclasses import replace
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would each train alone
+        print("bnserve train: error: launched as one of several processes (WORLD_SIZE="
+              f"{os.environ['WORLD_SIZE']}); use `torchrun --nproc_per_node=N -m "
+              "bnserve.training.distributed` for data-parallel training", file=sys.stderr)
+        return 1
+
+    from bnserve.training.checkpoint import load_training_state
+    from bnserve.training.config import BatchNormOptions
     from bnserve.training.train import train
 
-    config = replace(DEFAULTS, model=args.model, dataset=args.dataset, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     num_threads=args.threads, dry_run=args.dry_run)
     try:
-        result = train(config, args.run_dir)
+        if args.resume:
+            config = TrainConfig.from_dict(load_training_state(args.run_dir)["config"])
+            config = replace(config, num_threads=args.threads)
+        else:
+            dataset = args.dataset or DEFAULT_DATASETS.get(args.model, DEFAULTS.dataset)
+            config = replace(
+                DEFAULTS, model=args.model, dataset=dataset,
+                data=str(args.data) if args.data else None, epochs=args.epochs,
+                batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
+                num_threads=args.threads, dry_run=args.dry_run, norm=args.norm,
+                patience=args.patience,
+                batchnorm=BatchNormOptions(eps=args.bn_eps, momentum=args.bn_momentum,
+                                           affine=not args.no_affine),
+            )
+        result = train(config, args.run_dir, resume=args.resume)
     except TrainingError as exc:
         print(f"bnserve train: error: {exc}", file=sys.stderr)
         return 1
-    final = result.metrics["final"]
-    print(f"trained {config.model} on {config.dataset} in {result.seconds:.1f} s "
-          f"({result.metrics['epochs']} epochs): val accuracy {final['val_accuracy']:.2%} "
-          f"(best {result.metrics['best_val_accuracy']:.2%}), val loss {final['val_loss']:.4f}")
-    print(f"wrote {args.run_dir}/: checkpoint.pt, metrics.json, curves.png")
+    metrics = result.metrics
+    final = metrics["final"]
+    stopped = (f", stopped early; kept epoch {metrics['checkpoint_epoch']}"
+               if metrics["stopped_early"] else "")
+    print(f"trained {config.model} on {metrics['dataset']} (norm {config.norm}) in "
+          f"{result.seconds:.2f} s ({metrics['epochs']} epochs{stopped}): val accuracy "
+          f"{final['val_accuracy']:.2%} (best {metrics['best_val_accuracy']:.2%}), "
+          f"val loss {final['val_loss']:.4f}")
+    print(f"wrote {args.run_dir}/: checkpoint.pt, last.pt, metrics.json, curves.png")
+    return 0
+
+
+def run_recalibrate(args: argparse.Namespace) -> int:
+    from bnserve.training.export import format_summary
+    from bnserve.training.republish import (
+        format_recalibration,
+        load_recalibration_data,
+        recalibrate_version,
+    )
+
+    try:
+        data = load_recalibration_data(args.data, labels_key=args.labels_key)
+        result = recalibrate_version(args.repository, args.model, data.x, y=data.y,
+                                     version=args.version, batch_size=args.batch_size,
+                                     keep_input_statistics=args.keep_input_statistics,
+                                     data_sha256=data.sha256)
+    except TrainingError as exc:
+        print(f"bnserve recalibrate: error: {exc}", file=sys.stderr)
+        print("bnserve recalibrate: nothing was written to the repository", file=sys.stderr)
+        return 1
+    print(format_recalibration(result, args.data.name))
+    print(format_summary(result.export))
     return 0
 
 
@@ -89,7 +201,9 @@ def run_export(args: argparse.Namespace) -> int:
     from bnserve.training.export import export_run, format_summary
 
     try:
-        result = export_run(args.run_dir, args.repository, args.name, args.version)
+        result = export_run(args.run_dir, args.repository, args.name, args.version,
+                            fold=not args.no_fold, report=args.report,
+                            latency_runs=args.latency_runs)
     except TrainingError as exc:
         print(f"bnserve export: error: {exc}", file=sys.stderr)
         print("bnserve export: nothing was written to the repository", file=sys.stderr)

@@ -6,8 +6,13 @@ checkpoint stores them as dicts so the exporter can rebuild the exact model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+NORMS = ("batch", "none")  # --norm: BatchNorm where it belongs, or the same network without
+# The dataset each zoo model trains on when --dataset and --data are not given.
+DEFAULT_DATASETS = {"mlp": "wine", "cnn": "digits", "audio": "audio", "text": "text",
+                    "rnn": "text"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class ModelSpec:
     num_classes: int
     width: int = 32  # channels of the first stage (hidden units for non-conv models)
     batchnorm: BatchNormOptions = field(default_factory=BatchNormOptions)
+    norm: str = "batch"  # "none": the same network with every BatchNorm left out
+    vocab_size: int = 0  # token-id inputs: the embedding's rows; 0 for float inputs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +52,8 @@ class ModelSpec:
             num_classes=int(data["num_classes"]),
             width=int(data["width"]),
             batchnorm=BatchNormOptions(**data["batchnorm"]),
+            norm=str(data.get("norm", "batch")),  # checkpoints from before --norm
+            vocab_size=int(data.get("vocab_size", 0)),
         )
 
 
@@ -80,8 +89,22 @@ class TrainConfig:
     dry_run: bool = False
     # Optimizer steps per epoch under --dry-run.
     dry_run_steps: int = 3
-    # How every BatchNorm layer is built (a later --bn-* option lands here).
+    # How every BatchNorm layer is built (--bn-eps, --bn-momentum, --no-affine).
     batchnorm: BatchNormOptions = field(default_factory=BatchNormOptions)
+    # "none" builds the same network without BatchNorm: the baseline BN is measured against.
+    norm: str = "batch"
+    # A user's .npz (arrays x, y, optional labels) instead of a registered dataset.
+    data: str | None = None
+    # Early stopping: stop after this many epochs without a lower val loss and keep the best
+    # epoch's weights. None trains every epoch and keeps the last (one-cycle ends low anyway).
+    patience: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["batchnorm"] = BatchNormOptions(**data.get("batchnorm", {}))
+        return cls(**values)

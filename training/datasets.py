@@ -1,4 +1,15 @@
-"""Datasets keyed by ``--dataset``: each loader returns raw float32 inputs, class ids, labels.
+"""Datasets keyed by ``--dataset``: each loader returns raw inputs, class ids, labels.
+
+    digits          (N, 1, 8, 8) float32 images         scikit-learn, bundled
+    wine            (N, 13) float32 features            scikit-learn, bundled
+    breast_cancer   (N, 30) float32 features            scikit-learn, bundled
+    audio           (N, 1, 1024) float32 waveforms      generated (``synthetic.make_audio``)
+    text            (N, 24) int64 token ids             generated (``synthetic.make_text``)
+    --data x.npz    arrays ``x``, ``y`` (+ ``labels``)  a user's own (``load_npz``)
+
+The layout of ``x`` says what a dataset holds (``Dataset.modality``): tabular (N, F),
+audio/sequences (N, C, T), images (N, C, H, W), all float32, or text as int64 token ids
+(N, L). Models declare which modalities they take.
 
 Adding a dataset is one function::
 
@@ -12,35 +23,55 @@ exported graph, so a client sends exactly what the dataset holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bnserve.training.errors import RegistryError
+from bnserve.training.errors import DatasetError, RegistryError
+
+MODALITIES = {
+    "tabular": "feature vectors (N, F)",
+    "audio": "waveforms or sequences (N, C, T)",
+    "image": "images (N, C, H, W)",
+    "text": "int64 token ids (N, L)",
+}
 
 
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    x: np.ndarray  # (N, *sample_shape) float32, raw
+    x: np.ndarray  # (N, *sample_shape) float32 raw features, or (N, L) int64 token ids
     y: np.ndarray  # (N,) int64 class ids in [0, len(labels))
     labels: tuple[str, ...]  # class id -> name
+    vocab_size: int = 0  # token datasets: ids lie in [0, vocab_size); 0 for float inputs
 
     def __post_init__(self) -> None:
-        if self.x.dtype != np.float32 or self.y.dtype != np.int64:
-            raise TypeError(f"dataset {self.name}: x must be float32 and y int64, "
-                            f"got {self.x.dtype} and {self.y.dtype}")
+        tokens = self.x.dtype == np.int64
+        if not (self.x.dtype == np.float32 or tokens) or self.y.dtype != np.int64:
+            raise TypeError(f"dataset {self.name}: x must be float32 (or int64 token ids) and "
+                            f"y int64, got {self.x.dtype} and {self.y.dtype}")
         if self.x.ndim < 2 or len(self.x) != len(self.y):
             raise ValueError(f"dataset {self.name}: x {self.x.shape} and y {self.y.shape} "
                              "must have the same number of rows")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= len(self.labels)):
             raise ValueError(f"dataset {self.name}: class ids outside [0, {len(self.labels)})")
+        if tokens and (self.x.ndim != 2 or self.x.min() < 0 or self.x.max() >= self.vocab_size):
+            raise ValueError(f"dataset {self.name}: token ids must be (N, L) in "
+                             f"[0, vocab_size={self.vocab_size})")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
+
+    @property
+    def modality(self) -> str:
+        """tabular, audio, image or text: what the layout of ``x`` says it holds."""
+        if self.x.dtype == np.int64:
+            return "text"
+        return {2: "tabular", 3: "audio", 4: "image"}.get(self.x.ndim, f"{self.x.ndim - 1}-d")
 
     @property
     def num_classes(self) -> int:
@@ -84,18 +115,122 @@ def load_digits() -> Dataset:
     return Dataset("digits", x=x, y=y, labels=tuple(str(t) for t in bunch.target_names))
 
 
+@register_dataset("wine")
+def load_wine() -> Dataset:
+    """scikit-learn's bundled wine recognition data: 178 rows, 13 chemical features, 3 classes."""
+    from sklearn.datasets import load_wine as sklearn_wine
+
+    bunch = sklearn_wine()
+    return Dataset("wine", x=bunch.data.astype(np.float32), y=bunch.target.astype(np.int64),
+                   labels=tuple(str(t) for t in bunch.target_names))
+
+
+@register_dataset("breast_cancer")
+def load_breast_cancer() -> Dataset:
+    """scikit-learn's bundled Wisconsin breast cancer data: 569 rows, 30 features, 2 classes."""
+    from sklearn.datasets import load_breast_cancer as sklearn_breast_cancer
+
+    bunch = sklearn_breast_cancer()
+    return Dataset("breast_cancer", x=bunch.data.astype(np.float32),
+                   y=bunch.target.astype(np.int64),
+                   labels=tuple(str(t) for t in bunch.target_names))
+
+
+@register_dataset("audio")
+def load_audio() -> Dataset:
+    """Generated 128 ms clips at 8 kHz: 7 classes of tones, chirps, AM tones and noise."""
+    from bnserve.training.synthetic import make_audio
+
+    x, y, labels = make_audio(seed=0)
+    return Dataset("audio", x=x, y=y, labels=labels)
+
+
+@register_dataset("text")
+def load_text() -> Dataset:
+    """Generated sentences from 4 topics that share filler words, as 24 token ids each."""
+    from bnserve.training.synthetic import make_text
+
+    x, y, labels, vocabulary = make_text(seed=0)
+    return Dataset("text", x=x, y=y, labels=labels, vocab_size=len(vocabulary))
+
+
+def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
+    """A user's dataset: ``x`` and ``y`` arrays (and optionally ``labels``) in one .npz file.
+
+    ``modalities`` are what the model takes; ``x`` is reshaped to the first that fits:
+    tabular (N, F); images (N, H, W) gain a channel axis -> (N, 1, H, W), or (N, C, H, W);
+    audio (N, T) -> (N, 1, T), or (N, C, T); text: integer token ids (N, L). Without
+    ``labels`` the distinct values of ``y`` become the classes, in sorted order.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path} as an .npz file: {exc}") from exc
+    missing = {"x", "y"} - set(arrays)
+    if missing:
+        raise DatasetError(f"{path} has no array(s) {sorted(missing)}; it needs x and y "
+                           f"(found: {sorted(arrays) or 'nothing'})")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise DatasetError(f"{path}: x {x.shape} must have one row per entry of y {y.shape}")
+    if "labels" in arrays:
+        labels = tuple(str(v) for v in arrays["labels"])
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(labels):
+            raise DatasetError(f"{path}: y must hold integer class ids in [0, {len(labels)}) "
+                               "to index labels")
+        y = y.astype(np.int64)
+    else:
+        classes, y = np.unique(y, return_inverse=True)
+        labels = tuple(str(c) for c in classes)
+        y = y.astype(np.int64)
+    if len(labels) < 2:
+        raise DatasetError(f"{path}: y holds {len(labels)} class; a classifier needs two or more")
+    name = path.name
+    integer = np.issubdtype(x.dtype, np.integer)
+    for modality in modalities:
+        if modality == "text" and integer and x.ndim == 2:
+            if x.min() < 0:
+                raise DatasetError(f"{path}: token ids must be >= 0, found {x.min()}")
+            tokens = x.astype(np.int64)
+            return Dataset(name, x=tokens, y=y, labels=labels, vocab_size=int(tokens.max()) + 1)
+        if modality == "text":
+            continue
+        shaped = {"tabular": {2: x}, "audio": {2: x[:, None], 3: x},
+                  "image": {3: x[:, None], 4: x}}[modality].get(x.ndim)
+        if shaped is not None and np.issubdtype(x.dtype, np.number):
+            return Dataset(name, x=np.ascontiguousarray(shaped, dtype=np.float32), y=y,
+                           labels=labels)
+    wanted = " or ".join(MODALITIES[m] for m in modalities)
+    raise DatasetError(f"{path}: x has shape {x.shape} and dtype {x.dtype}; this model takes "
+                       f"{wanted}")
+
+
 @dataclass(frozen=True)
 class InputStatistics:
     """Per-channel (axis 1) mean and std of the training inputs, shaped to broadcast on a sample.
 
-    For images (N, C, H, W) they have shape (C, 1, 1); for feature vectors (N, F), shape (F,).
+    For images (N, C, H, W) they have shape (C, 1, 1); for waveforms (N, C, T), (C, 1); for
+    feature vectors (N, F), shape (F,). Token ids are not standardized: their statistics are
+    the identity (scalar mean 0, std 1; ``is_identity``) and ``standardize`` returns them as is.
     """
 
     mean: np.ndarray  # float32
     std: np.ndarray  # float32, > 0
 
     @classmethod
+    def identity(cls) -> InputStatistics:
+        return cls(np.zeros((), dtype=np.float32), np.ones((), dtype=np.float32))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.mean.ndim == 0 and float(self.mean) == 0.0 and float(self.std) == 1.0
+
+    @classmethod
     def from_data(cls, x: np.ndarray) -> InputStatistics:
+        if np.issubdtype(x.dtype, np.integer):  # token ids
+            return cls.identity()
         axes = (0, *range(2, x.ndim))  # everything but the channel axis
         mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)[0]
         std = x.std(axis=axes, keepdims=True, dtype=np.float64)[0]
@@ -103,6 +238,8 @@ class InputStatistics:
         return cls(mean.astype(np.float32), std.astype(np.float32))
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
+        if self.is_identity:
+            return x
         return ((x - self.mean) / self.std).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:

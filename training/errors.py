@@ -3,6 +3,8 @@
     TrainingError                      base of everything below
      ├── RegistryError                 unknown --model or --dataset
      ├── CheckpointError               a run folder without a usable checkpoint
+     ├── RecalibrationError            new data or a model that BatchNorm recalibration refuses
+     ├── DistributedError              not launched by torchrun, or a batch the ranks cannot share
      ├── ExportError
      │    ├── RunningStatisticsError   BatchNorm layers without running statistics
      │    └── VerificationError        the exported graph failed a check (carries the report)
@@ -30,8 +32,22 @@ class RegistryError(TrainingError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DatasetError(TrainingError):
+    """A --data file that cannot be read, or a dataset the chosen model cannot take."""
+
+
 class CheckpointError(TrainingError):
     """A run folder has no checkpoint, or one this version cannot read."""
+
+
+class RecalibrationError(TrainingError):
+    """Recalibration data that cannot be used (shape, size, values), or a model without
+    BatchNorm statistics to re-estimate, or weights that changed when only statistics should."""
+
+
+class DistributedError(TrainingError):
+    """A distributed run without torchrun's environment, or a global batch size that the
+    ranks cannot split evenly."""
 
 
 class ExportError(TrainingError):
@@ -40,6 +56,10 @@ class ExportError(TrainingError):
 
 class RunningStatisticsError(ExportError):
     """A BatchNorm layer has no running statistics to freeze into the graph."""
+
+
+class TrainingModeError(ExportError):
+    """The module to export is in training mode: BatchNorm would use each batch's statistics."""
 
 
 class VerificationError(ExportError):

@@ -1,13 +1,30 @@
-"""Export a trained run to ONNX, verify it, and publish it into a model repository.
+"""Export a trained run (or any BatchNorm ``nn.Module``) to ONNX, verify it, publish it.
 
     checkpoint --build, eval()--> InferenceModel: raw x -> (x - mean) / std -> net -> softmax
                --torch.onnx.export (dynamo, opset 18, BatchNorm folded)--> temp model.onnx
+               (+ the other variant, unfolded or folded, to show both give the same answers)
                --verify_onnx_export--> fails loudly, nothing published
+               [--report: onnxruntime latency of folded, unfolded and no-BN graphs]
                --stage_version--> REPOSITORY/NAME/<version>/{model.onnx, metadata.json}
+
+Two entry points share that path: ``export_run`` for a zoo run folder, and
+``export_module`` for a user's own module::
+
+    from bnserve.training.export import export_module
+    net.load_state_dict(torch.load("my_checkpoint.pt"))   # any module with BatchNorm
+    result = export_module(net.eval(), x_val[:64], "models", "mine",
+                           input_statistics=InputStatistics.from_data(x_train),
+                           labels=("cat", "dog"))
+    print(format_summary(result))
+
+Token-id models (``text``, ``rnn`` on text) take an INT64 (B, L) input and no
+standardization; every other model takes FP32 raw features. The output is always FP32
+softmax probabilities (B, num_classes) named ``probabilities``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -16,21 +33,23 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnserve.training.card import build_model_card
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
-from bnserve.training.errors import ExportError
-from bnserve.training.models import batchnorm_layers, require_running_statistics
+from bnserve.training.errors import ExportError, TrainingModeError
+from bnserve.training.models import batchnorm_layers, build_model, require_running_statistics
 from bnserve.training.repository import check_model_name, check_new_version, stage_version
-from bnserve.training.verify import VerificationReport, verify_onnx_export
+from bnserve.training.verify import VerificationReport, batchnorm_nodes, verify_onnx_export
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +61,23 @@ METADATA_FILE = "metadata.json"
 
 
 class InferenceModel(nn.Module):
-    """What is served: raw inputs in, class probabilities out, statistics frozen inside."""
+    """What is served: raw inputs in, class probabilities out, statistics frozen inside.
 
-    def __init__(self, net: nn.Module, statistics: InputStatistics) -> None:
+    With identity statistics (token ids) or none, the input goes to ``net`` unchanged.
+    """
+
+    def __init__(self, net: nn.Module, statistics: InputStatistics | None) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.from_numpy(statistics.mean.copy()))
-        self.register_buffer("std", torch.from_numpy(statistics.std.copy()))
+        self.standardize = statistics is not None and not statistics.is_identity
+        if statistics is not None and self.standardize:
+            self.register_buffer("mean", torch.from_numpy(statistics.mean.copy()))
+            self.register_buffer("std", torch.from_numpy(statistics.std.copy()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *sample_shape) raw
-        logits = self.net((x - self.mean) / self.std)  # (B, num_classes)
+        if self.standardize:
+            x = (x - self.mean) / self.std
+        logits = self.net(x)  # (B, num_classes)
         return torch.softmax(logits, dim=-1)
 
 
@@ -73,27 +99,107 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def export_onnx(model: nn.Module, path: Path, sample_shape: tuple[int, ...],
-                *, opset: int = OPSET) -> None:
+                *, opset: int = OPSET, fold: bool = True,
+                input_dtype: torch.dtype = torch.float32) -> None:
     """Export ``model`` in eval mode with a dynamic batch axis to one self-contained file.
 
+    ``fold``: fold each BatchNorm into the Conv/Gemm before it; ``fold=False`` keeps
+    BatchNormalization nodes (inference mode). ``input_dtype``: torch.int64 for token ids.
+    Puts ``model`` in eval mode (``export_module`` refuses a training-mode module instead).
     Raises ``RunningStatisticsError`` when a BatchNorm layer has nothing to freeze.
+    """
+    export_onnx_variants(model, {"folded" if fold else "unfolded": Path(path)}, sample_shape,
+                         opset=opset, input_dtype=input_dtype)
+
+
+def export_onnx_variants(model: nn.Module, paths: dict[str, Path], sample_shape: tuple[int, ...],
+                         *, opset: int = OPSET,
+                         input_dtype: torch.dtype = torch.float32) -> None:
+    """Write the ``"folded"`` and/or ``"unfolded"`` graph of ``model`` to ``paths``.
+
+    The dynamo exporter traces once; the trace is optimized twice, with and without the
+    rewrite rule that folds BatchNorm into the preceding Conv/Gemm. A module holding an
+    ``nn.RNNBase`` (the zoo's ``rnn``) goes through the legacy TorchScript exporter
+    instead: it maps nn.GRU/nn.LSTM to one ONNX GRU/LSTM node in ~1 s, where the dynamo
+    exporter unrolls the recurrence op by op (~370 nodes, ~10 s per export for 24 steps).
     """
     require_running_statistics(model)
     model.eval()
     # Batch 2: torch.export specializes sizes 0 and 1, which would pin the batch axis.
-    example = torch.zeros(2, *sample_shape)  # (2, *sample_shape)
-    batch = torch.export.Dim("batch")
+    example = torch.zeros(2, *sample_shape, dtype=input_dtype)  # (2, *sample_shape)
     try:
         with _quiet_exporter():
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=True, external_data=False,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), opset_version=opset, optimize=True,
-                verbose=False,
-            )
-    except Exception as exc:  # the exporter raises many types; all mean "no graph"
+            if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+                for variant, path in paths.items():
+                    _legacy_export(model, example, path, fold=variant == "folded", opset=opset)
+            else:
+                _dynamo_export(model, example, paths, opset=opset)
+    except Exception as exc:  # the exporters raise many types; all mean "no graph"
         raise ExportError(f"torch.onnx.export failed: {exc}") from exc
-    _strip_node_metadata(path)
+    for path in paths.values():
+        _strip_node_metadata(path)
+
+
+def _dynamo_export(model: nn.Module, example: torch.Tensor, paths: dict[str, Path], *,
+                   opset: int) -> None:
+    import onnx_ir as ir
+    import onnx_ir.passes.common as passes
+    from onnxscript import optimizer
+
+    program = torch.onnx.export(
+        model, (example,), None, dynamo=True, input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+        opset_version=opset, optimize=False, verbose=False,
+    )
+    passes.NameFixPass()(program.model)  # the raw trace may reuse a name ("mean") twice
+    raw = ir.serde.serialize_model(program.model)
+    for variant, path in paths.items():
+        graph = ir.serde.deserialize_model(raw)
+        if variant == "folded":
+            optimizer.optimize(graph)  # what optimize=True runs: BatchNorm folded
+        else:
+            _optimize_keeping_batchnorm(graph)
+        ir.save(graph, str(path))
+
+
+def _legacy_export(model: nn.Module, example: torch.Tensor, path: Path, *, fold: bool,
+                   opset: int) -> None:
+    # EVAL runs the eval peephole that folds Conv + BatchNorm; PRESERVE (of an eval-mode
+    # model) skips it and writes BatchNormalization nodes in inference mode.
+    mode = torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.PRESERVE
+    with warnings.catch_warnings():  # its notes on batch_first GRUs and constant folding
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # nn.GRU's size checks
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=False, training=mode,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset, do_constant_folding=True,
+        )
+
+
+def _optimize_keeping_batchnorm(model: Any) -> None:
+    """The exporter's optimize step (constant folding + rewrite rules) minus BatchNorm fusion.
+
+    ``model`` is the exporter's in-memory ``onnx_ir.Model``, changed in place. onnxscript
+    exposes no switch for one rule, so this names its private rule list; with torch pinned,
+    the names are stable. Without it the unfolded graph would also keep the exporter's raw
+    Constant/Reshape chatter and time slower for reasons other than BatchNorm.
+    """
+    import onnx_ir.passes.common as passes
+    from onnxscript import optimizer, rewriter
+    from onnxscript.rewriter import _fuse_batchnorm
+
+    fusions = set(_fuse_batchnorm.rules.rules)
+    rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if r not in fusions]
+    optimizer.fold_constants(model)
+    rewriter.rewrite(model, pattern_rewrite_rules=rules)
+    for cleanup in (passes.RemoveUnusedNodesPass(),
+                    passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                    passes.DeduplicateInitializersPass(),
+                    passes.CommonSubexpressionEliminationPass(),
+                    passes.NameFixPass()):
+        cleanup(model)
 
 
 def _strip_node_metadata(path: Path) -> None:
@@ -118,14 +224,34 @@ class ExportResult:
     card: dict[str, Any]  # the content of metadata.json
     seconds: float
 
+    @property
+    def latency(self) -> dict[str, Any] | None:
+        """onnxruntime latency per variant (``--report``), else None."""
+        return self.card.get("latency")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the shared export path needs, from a run folder or from export_module."""
+
+    model: InferenceModel  # in eval mode
+    no_bn_model: nn.Module  # the same architecture without BatchNorm, for latency only
+    samples: np.ndarray  # (K, *sample_shape) raw inputs, float32 or int64 tokens
+    num_classes: int
+    card_args: dict[str, Any]  # build_model_card's description of the model
+    checkpoint_file: Path | None  # copied into the version folder when given
+
 
 def export_run(run_dir: Path | str, repository: Path | str, name: str,
-               version: int | None = None) -> ExportResult:
+               version: int | None = None, *, fold: bool = True, report: bool = False,
+               latency_runs: int | None = None) -> ExportResult:
     """Export the run's model into ``repository`` as ``name``/``version`` (default: next).
 
-    Fails loudly (``ExportError`` or ``RepositoryError``) with nothing written to the
-    repository when the model has no running statistics, the export does not verify, or
-    the version exists.
+    ``fold=False`` keeps BatchNormalization nodes in the published graph. ``report=True``
+    also measures onnxruntime latency of the folded, unfolded and no-BN graphs into the
+    card's ``latency``. Fails loudly (``ExportError`` or ``RepositoryError``) with nothing
+    written to the repository when the model has no running statistics, the export does
+    not verify, or the version exists.
     """
     start = time.perf_counter()
     check_model_name(name)
@@ -133,24 +259,118 @@ def export_run(run_dir: Path | str, repository: Path | str, name: str,
         check_new_version(repository, name, version)  # fail before the slow part
     ckpt = load_checkpoint(Path(run_dir))
     model = InferenceModel(ckpt.build(), ckpt.statistics).eval()
+    no_bn = InferenceModel(build_model(replace(ckpt.spec, norm="none")), ckpt.statistics)
+    source = _Source(model=model, no_bn_model=no_bn.eval(), samples=ckpt.samples,
+                     num_classes=ckpt.spec.num_classes, card_args={"checkpoint": ckpt},
+                     checkpoint_file=Path(run_dir) / CHECKPOINT_FILE)
+    return _publish(source, repository, name, version, fold=fold, report=report,
+                    latency_runs=latency_runs, start=start)
+
+
+def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
+                  repository: Path | str, name: str, *,
+                  input_statistics: InputStatistics | None = None,
+                  labels: tuple[str, ...] | list[str] | None = None, fold: bool = True,
+                  version: int | None = None, report: bool = False,
+                  latency_runs: int | None = None, dataset: str | None = None,
+                  metrics: dict[str, Any] | None = None) -> ExportResult:
+    """Export a user's own ``module`` the way zoo models are: verified, into the repository.
+
+    ``module`` maps a batch (B, *sample_shape) to (B, num_classes) logits; the served
+    graph adds softmax, so it answers probabilities. It must be in eval mode (call
+    ``module.eval()`` after loading its checkpoint): a module in training mode is refused
+    with ``TrainingModeError`` rather than switched silently, since its BatchNorm would
+    otherwise have normalized by batch statistics and the caller's module state is theirs.
+    A BatchNorm without running statistics is refused with ``RunningStatisticsError``.
+
+    ``sample_input`` (N, *sample_shape): realistic raw inputs (float, or integer token
+    ids), used as the export example and for verification (parity at batches 1, 7 and
+    64 and batch independence). ``input_statistics``: when given, the graph standardizes
+    raw inputs with them before ``module`` (clients send raw features). ``labels``: class
+    names (default "0", "1", ...). ``fold``, ``report``: as for ``export_run``.
+    """
+    start = time.perf_counter()
+    check_model_name(name)
+    if version is not None:
+        check_new_version(repository, name, version)
+    training = [n or type(module).__name__ for n, m in module.named_modules() if m.training]
+    if training:
+        raise TrainingModeError(
+            f"{type(module).__name__} is in training mode ({len(training)} submodule(s), e.g. "
+            f"{training[0]}): its BatchNorm would use each batch's statistics; call "
+            "module.eval() before exporting"
+        )
+    require_running_statistics(module)
+    samples = np.asarray(sample_input.detach().cpu() if isinstance(sample_input, torch.Tensor)
+                         else sample_input)
+    samples = samples.astype(np.int64 if np.issubdtype(samples.dtype, np.integer)
+                             else np.float32)
+    model = InferenceModel(module, input_statistics).eval()
+    with torch.no_grad():
+        num_classes = int(model(torch.from_numpy(samples[:2])).shape[-1])
+    labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(num_classes))
+    if len(labels) != num_classes:
+        raise ExportError(f"{len(labels)} labels for a module with {num_classes} outputs")
+    no_bn = InferenceModel(without_batchnorm(module), input_statistics).eval()
+    card_args = {"model": {"kind": f"custom:{type(module).__name__}",
+                           "norm": "batch" if batchnorm_layers(module) else "none",
+                           "spec": None},
+                 "dataset": dataset, "labels": labels, "statistics": input_statistics,
+                 "metrics": metrics}
+    source = _Source(model=model, no_bn_model=no_bn, samples=samples, num_classes=num_classes,
+                     card_args=card_args, checkpoint_file=None)
+    return _publish(source, repository, name, version, fold=fold, report=report,
+                    latency_runs=latency_runs, start=start)
+
+
+def without_batchnorm(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every BatchNorm layer replaced by Identity."""
+    stripped = copy.deepcopy(module)
+    for parent in list(stripped.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, _BatchNorm):
+                setattr(parent, child_name, nn.Identity())
+    return stripped
+
+
+def _publish(source: _Source, repository: Path | str, name: str, version: int | None, *,
+             fold: bool, report: bool, latency_runs: int | None, start: float) -> ExportResult:
+    model, samples = source.model, source.samples
     require_running_statistics(model)
     num_bn = len(batchnorm_layers(model))
+    sample_shape = tuple(samples.shape[1:])
+    dtype = torch.int64 if samples.dtype == np.int64 else torch.float32
 
     with tempfile.TemporaryDirectory(prefix="bnserve-export-") as tmp:
-        onnx_path = Path(tmp) / MODEL_FILE
-        export_onnx(model, onnx_path, ckpt.spec.sample_shape)
-        report = verify_onnx_export(model, onnx_path, ckpt.samples)
-        report.raise_for_failures()
+        graphs = {"folded": Path(tmp) / "folded.onnx", "unfolded": Path(tmp) / "unfolded.onnx"}
+        export_onnx_variants(model, graphs, sample_shape, input_dtype=dtype)
+        onnx_path = graphs["folded" if fold else "unfolded"]
+        verification = verify_onnx_export(model, onnx_path, samples)
+        verification.raise_for_failures()
+        comparison = _compare_graphs(graphs["folded"], graphs["unfolded"], samples)
+        latency = None
+        if report:
+            from bnserve.training.latency import RUNS, measure_latency
+
+            graphs["no_bn"] = Path(tmp) / "no_bn.onnx"
+            export_onnx(source.no_bn_model, graphs["no_bn"], sample_shape, input_dtype=dtype)
+            latency = measure_latency(graphs, samples, runs=latency_runs or RUNS)
+            latency["no_bn_note"] = ("the same architecture without BatchNorm (--norm none), "
+                                     "untrained weights: for timing only")
         with stage_version(repository, name, version) as staged:
             staged_onnx = staged.path / MODEL_FILE
             shutil.copyfile(onnx_path, staged_onnx)
-            # The PyTorch source travels with the version, so `recalibrate` (and any later
-            # re-export) works from the repository alone; the server ignores it.
-            shutil.copyfile(Path(run_dir) / CHECKPOINT_FILE, staged.path / CHECKPOINT_FILE)
+            if source.checkpoint_file is not None:
+                # The PyTorch source travels with the version, so `recalibrate` (and any
+                # later re-export) works from the repository alone; the server ignores it.
+                shutil.copyfile(source.checkpoint_file, staged.path / CHECKPOINT_FILE)
+            extra = {"latency": latency} if latency is not None else {}
             card = build_model_card(name=name, version=staged.version, onnx_path=staged_onnx,
-                                    checkpoint=ckpt, report=report,
-                                    torch_batchnorm_layers=num_bn)
-            _check_signature(card, ckpt.spec.sample_shape, ckpt.spec.num_classes)
+                                    report=verification, torch_batchnorm_layers=num_bn,
+                                    extra=extra, **source.card_args)
+            card["batchnorm"].update(fold=fold, **comparison)
+            _check_signature(card, sample_shape, source.num_classes,
+                             "int64" if dtype == torch.int64 else "float32")
             text = json.dumps(card, indent=2) + "\n"
             (staged.path / METADATA_FILE).write_text(text)
             card = json.loads(text)  # exactly what readers of metadata.json get
@@ -158,12 +378,28 @@ def export_run(run_dir: Path | str, repository: Path | str, name: str,
     logger.info("exported %s version %d to %s in %.1f s", name, staged.version,
                 staged.final_path, seconds)
     return ExportResult(name=name, version=staged.version, path=staged.final_path,
-                        report=report, card=card, seconds=seconds)
+                        report=verification, card=card, seconds=seconds)
+
+
+def _compare_graphs(folded: Path, unfolded: Path, samples: np.ndarray) -> dict[str, Any]:
+    """BatchNormalization nodes in each graph, and how far apart their answers are."""
+    import onnxruntime as ort
+
+    answers = []
+    for path in (folded, unfolded):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        answers.append(session.run(None, {INPUT_NAME: samples})[0])
+    return {
+        "folded_onnx_nodes": len(batchnorm_nodes(onnx.load(str(folded)))),
+        "unfolded_onnx_nodes": len(batchnorm_nodes(onnx.load(str(unfolded)))),
+        "folded_vs_unfolded_max_abs_diff": float(np.max(np.abs(answers[0] - answers[1]))),
+        "compared_samples": len(samples),
+    }
 
 
 def _check_signature(card: dict[str, Any], sample_shape: tuple[int, ...],
-                     num_classes: int) -> None:
-    want_in = {"name": INPUT_NAME, "shape": [-1, *sample_shape], "dtype": "float32"}
+                     num_classes: int, input_dtype: str = "float32") -> None:
+    want_in = {"name": INPUT_NAME, "shape": [-1, *sample_shape], "dtype": input_dtype}
     want_out = {"name": OUTPUT_NAME, "shape": [-1, num_classes], "dtype": "float32"}
     for kind, got, want in (("input", card["inputs"], want_in),
                             ("output", card["outputs"], want_out)):
@@ -175,7 +411,7 @@ def format_summary(result: ExportResult) -> str:
     """A few lines for the terminal: what was verified, what was folded, what was written."""
     r, bn = result.report, result.card["batchnorm"]
     parity = ", ".join(f"{d:.1e} (batch {b})" for b, d in r.parity_max_abs_diff.items())
-    return "\n".join([
+    lines = [
         f"exported {result.name} version {result.version} in {result.seconds:.1f} s",
         "  onnx.checker:        " + ("passed" if r.checker_passed else "FAILED"),
         f"  parity vs PyTorch:   max |diff| {parity}; limit {r.parity_atol:g}",
@@ -183,8 +419,18 @@ def format_summary(result: ExportResult) -> str:
         f"over 64 rows alone vs batched; limit {r.independence_atol:g}",
         f"  BatchNorm:           {bn['torch_layers']} layers in PyTorch, {bn['onnx_nodes']} "
         f"BatchNormalization nodes left ({bn['folded']} folded), "
-        f"{r.training_mode_batchnorm_nodes} in training mode",
+        f"{r.training_mode_batchnorm_nodes} in training mode"
+        + ("" if bn["fold"] else " (--no-fold)"),
+        f"  folded vs unfolded:  max |diff| {bn['folded_vs_unfolded_max_abs_diff']:.1e} over "
+        f"{bn['compared_samples']} samples ({bn['folded_onnx_nodes']} vs "
+        f"{bn['unfolded_onnx_nodes']} BatchNormalization nodes)",
         f"  wrote:               {result.path / MODEL_FILE} "
         f"({result.card['size_bytes'] / 1024:.0f} KiB, sha256 {result.card['sha256'][:12]}...) "
         f"and {METADATA_FILE}",
-    ])
+    ]
+    if result.latency is not None:
+        from bnserve.training.latency import format_latency_table
+
+        lines += ["  onnxruntime latency (no_bn: " + result.latency["no_bn_note"] + "):",
+                  *("    " + line for line in format_latency_table(result.latency).splitlines())]
+    return "\n".join(lines)

@@ -114,11 +114,13 @@ def verify_onnx_export(
 ) -> VerificationReport:
     """Run every check of ``onnx_path`` against ``module`` (compared in eval mode).
 
-    ``inputs`` are realistic float32 samples, (N, *sample_shape), in the graph's own input
-    space; the checks draw batches from them (repeating rows when N is small) and add
-    uniform random samples spanning their range. The graph has one input and one output.
+    ``inputs`` are realistic samples, (N, *sample_shape), in the graph's own input space:
+    float32 features, or int64 token ids; the checks draw batches from them (repeating rows
+    when N is small) and add uniform random samples spanning their range (random ids in
+    [min, max] for tokens). The graph has one input and one output.
     """
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    tokens = np.issubdtype(np.asarray(inputs).dtype, np.integer)
+    inputs = np.ascontiguousarray(inputs, dtype=np.int64 if tokens else np.float32)
     rng = np.random.default_rng(seed)
     failures: list[str] = []
 
@@ -162,9 +164,12 @@ def verify_onnx_export(
     # Half real samples, half uniform noise over their range: a row must not see its neighbours.
     n_real = INDEPENDENCE_BATCH // 2
     real = inputs[rng.choice(len(inputs), size=n_real, replace=len(inputs) < n_real)]
-    noise = rng.uniform(inputs.min(), inputs.max(),
-                        size=(INDEPENDENCE_BATCH - n_real, *inputs.shape[1:]))
-    batch = rng.permutation(np.concatenate([real, noise.astype(np.float32)]))
+    noise_shape = (INDEPENDENCE_BATCH - n_real, *inputs.shape[1:])
+    if tokens:
+        noise = rng.integers(inputs.min(), inputs.max() + 1, size=noise_shape)
+    else:
+        noise = rng.uniform(inputs.min(), inputs.max(), size=noise_shape)
+    batch = rng.permutation(np.concatenate([real, noise.astype(inputs.dtype)]))
     batched = run(batch)
     alone = np.concatenate([run(batch[i:i + 1]) for i in range(len(batch))])
     same_shape = batched.shape == alone.shape

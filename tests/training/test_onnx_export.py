@@ -45,7 +45,12 @@ def test_export_publishes_model_and_card(exported: ExportResult) -> None:
                                 "datatype": "FP32"}]
     assert card["metrics"]["final"]["val_accuracy"] >= 0.95
     assert card["input_statistics"]["shape"] == [1, 1, 1]
-    assert card["batchnorm"] == {"torch_layers": 7, "onnx_nodes": 0, "folded": 7}
+    bn = card["batchnorm"]
+    assert (bn["torch_layers"], bn["onnx_nodes"], bn["folded"], bn["fold"]) == (7, 0, 7, True)
+    assert (bn["folded_onnx_nodes"], bn["unfolded_onnx_nodes"]) == (0, 7)
+    assert bn["folded_vs_unfolded_max_abs_diff"] <= 1e-5
+    assert card["model"]["norm"] == "batch"
+    assert "latency" not in card  # only with report=True
     assert card["opset"] >= 17
     assert card["onnx_version"] == onnx.__version__
     assert card["onnxruntime_version"] == ort.__version__

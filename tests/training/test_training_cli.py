@@ -23,7 +23,8 @@ def test_train_dry_run_then_export_then_refuse_overwrite(tmp_path: Path) -> None
     assert "train cnn/digits" in trained.stderr  # the tqdm bar
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["dry_run"], metrics["seed"], metrics["epochs"]) == (True, 3, 1)
-    assert {p.name for p in run_dir.iterdir()} == {"checkpoint.pt", "metrics.json", "curves.png"}
+    assert {p.name for p in run_dir.iterdir()} == {"checkpoint.pt", "last.pt", "metrics.json",
+                                                   "curves.png"}
 
     exported = bnserve("export", "--run-dir", run_dir, "--repository", repository,
                        "--name", "digits")
@@ -50,3 +51,21 @@ def test_bad_arguments_are_rejected_by_the_parser(tmp_path: Path) -> None:
                      "--name", "digits", "--version", "0")
     assert result.returncode == 2
     assert "must be a positive integer" in result.stderr
+
+
+def test_zoo_model_with_its_default_dataset_and_export_options(tmp_path: Path) -> None:
+    run_dir, repository = tmp_path / "run", tmp_path / "models"
+    trained = bnserve("train", "--model", "mlp", "--run-dir", run_dir, "--dry-run",
+                      "--bn-eps", "0.001", "--bn-momentum", "0.2", "--no-affine", "--width", "8")
+    assert trained.returncode == 0, trained.stderr
+    assert "trained mlp on wine (norm batch)" in trained.stdout  # mlp's default dataset
+
+    exported = bnserve("export", "--run-dir", run_dir, "--repository", repository,
+                       "--name", "wine", "--no-fold", "--report", "--latency-runs", "3")
+    assert exported.returncode == 0, exported.stderr
+    assert "2 BatchNormalization nodes left (0 folded)" in exported.stdout
+    assert "folded vs unfolded:" in exported.stdout and "no_bn" in exported.stdout
+    card = json.loads((repository / "wine" / "1" / "metadata.json").read_text())
+    assert set(card["latency"]) >= {"folded", "unfolded", "no_bn"}
+    assert card["model"]["spec"]["batchnorm"] == {"eps": 0.001, "momentum": 0.2, "affine": False,
+                                                  "track_running_stats": True}
