@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import logging
 import os
@@ -155,7 +156,7 @@ def train_distributed(config: TrainConfig, run_dir: Path | str, *, launch: Launc
     # No buffer broadcast before each forward: synchronized BatchNorm keeps the running
     # statistics equal by itself (and the test that they are equal means something).
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                  else None, forward_sync_buffers=False)
+                                  else None, **_no_buffer_broadcast())
     torch.manual_seed(config.seed + rank)  # dropout: different masks for different rows
     shuffle = torch.Generator().manual_seed(config.seed + rank)  # order within this rank's share
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=config.lr,
@@ -224,6 +225,14 @@ def train_distributed(config: TrainConfig, run_dir: Path | str, *, launch: Launc
         logger.info("trained %s on %s with %d ranks in %.1f s: val accuracy %.4f", config.model,
                     dataset.name, world_size, seconds, history[-1]["val_accuracy"])
     return TrainResult(run_dir=run_dir, metrics=metrics)
+
+
+def _no_buffer_broadcast() -> dict[str, bool]:
+    # torch 2.13 (pinned here) calls it forward_sync_buffers and deprecates broadcast_buffers;
+    # older releases (e.g. the CUDA build on a lent GPU machine) only know broadcast_buffers.
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _positive_int(text: str) -> int:

@@ -22,6 +22,7 @@ rejects those on CPU. Eval mode never synchronizes: it uses the running statisti
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -128,8 +129,11 @@ def _copy_layer(layer: _BatchNorm, cls: type[_BatchNorm], **extra: Any) -> _Batc
     """A ``cls`` layer with the options, parameters, buffers and mode of ``layer``."""
     tensors = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
     like = next((t for t in tensors if t.is_floating_point()), None)
+    if "bias" in inspect.signature(cls.__init__).parameters:
+        # torch 2.13 BatchNorm can drop its bias; older releases' classes have no such option.
+        extra["bias"] = layer.bias is not None
     copy = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-               track_running_stats=layer.track_running_stats, bias=layer.bias is not None,
+               track_running_stats=layer.track_running_stats,
                device=None if like is None else like.device,
                dtype=None if like is None else like.dtype, **extra)
     copy.load_state_dict(layer.state_dict())  # weight, bias, running stats, num_batches_tracked
