@@ -3,6 +3,7 @@
     bnserve train --model {mlp,cnn,audio,text,rnn} [--dataset NAME | --data x.npz] --run-dir RUN
     bnserve train --run-dir RUN --resume
     bnserve export --run-dir RUN --repository models --name NAME [--no-fold] [--report]
+    bnserve compare --model cnn --dataset digits --out OUT [--seeds 0,1,2] [--lrs 0.003,0.03]
 
 Only the standard library is imported here; torch, scikit-learn and onnx are imported by
 the handlers, so ``bnserve --help`` works with the base install.
@@ -118,6 +119,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "mean and std")
     recalibrate.set_defaults(handler=run_recalibrate, extra="training")
 
+    compare = subparsers.add_parser(
+        "compare", help="train the same model with and without BatchNorm and compare them",
+        description="Train MODEL with BatchNorm and without (--norm batch / none) on the same "
+        "data split and batches for every seed (and every peak LR of --lrs); report epochs to "
+        "the target val accuracy, final and best val accuracy and time per epoch. Writes "
+        "OUT/comparison.md, comparison.json, comparison.png and one run folder per run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    compare.add_argument("--model", default=DEFAULTS.model, metavar="{" + ",".join(DEFAULT_DATASETS)
+                         + "}", help="registered model builder")
+    compare_data = compare.add_mutually_exclusive_group()
+    compare_data.add_argument("--dataset", default=None,
+                              help="registered dataset; default per model: "
+                              + ", ".join(f"{m}->{d}" for m, d in DEFAULT_DATASETS.items()))
+    compare_data.add_argument("--data", type=Path, default=None, metavar="PATH.npz",
+                              help="your own data (as for `bnserve train --data`)")
+    compare.add_argument("--out", type=Path, required=True,
+                         help="folder for the comparison and its run folders")
+    compare.add_argument("--seeds", type=_int_list, default="0,1,2",
+                         help="comma-separated seeds; each trains both variants")
+    compare.add_argument("--lrs", type=_lr_list, default=f"{DEFAULTS.lr:g}",
+                         help="comma-separated peak learning rates; one table row per variant "
+                         "and LR (BatchNorm's known benefit is tolerating higher ones)")
+    compare.add_argument("--target", type=_fraction, default=0.95,
+                         help="val accuracy whose first epoch is reported")
+    compare.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs,
+                         help="passes over the training split, per run")
+    compare.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
+                         help="rows per optimizer step")
+    compare.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
+                         help="channels of the first stage / hidden units")
+    compare.add_argument("--threads", type=_positive_int, default=DEFAULTS.num_threads,
+                         help="torch CPU threads")
+    compare.add_argument("--dry-run", action="store_true",
+                         help=f"every run is one epoch of {DEFAULTS.dry_run_steps} steps, for tests")
+    compare.set_defaults(handler=run_compare, extra="training")
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -126,6 +164,36 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"repeated value in {text!r}")
+    return values
+
+
+def _lr_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if any(not v > 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"learning rates must be positive and distinct: {text!r}")
+    return values
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
 
 
@@ -209,4 +277,28 @@ def run_export(args: argparse.Namespace) -> int:
         print("bnserve export: nothing was written to the repository", file=sys.stderr)
         return 1
     print(format_summary(result))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bnserve.training.compare import compare_batchnorm
+
+    config = replace(
+        DEFAULTS, model=args.model,
+        dataset=args.dataset or DEFAULT_DATASETS.get(args.model, DEFAULTS.dataset),
+        data=str(args.data) if args.data else None, epochs=args.epochs,
+        batch_size=args.batch_size, width=args.width, num_threads=args.threads,
+        dry_run=args.dry_run,
+    )
+    try:
+        result = compare_batchnorm(config, args.out, seeds=args.seeds, lrs=args.lrs,
+                                   target_accuracy=args.target)
+    except TrainingError as exc:
+        print(f"bnserve compare: error: {exc}", file=sys.stderr)
+        return 1
+    print(result.table)
+    print(f"wrote {args.out}/: comparison.md, comparison.json, comparison.png and "
+          f"{len(result.runs)} run folders under runs/")
     return 0
