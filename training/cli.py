@@ -31,44 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--run-dir RUN_DIR [options]; there --batch-size is the global batch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    train.add_argument("--model", default=DEFAULTS.model, metavar="{" + ",".join(DEFAULT_DATASETS)
-                       + "}", help="registered model builder")
-    data = train.add_mutually_exclusive_group()
-    data.add_argument("--dataset", default=None,
-                      help="registered dataset (digits, wine, breast_cancer, audio, text); default "
-                      "per model: " + ", ".join(f"{m}->{d}" for m, d in DEFAULT_DATASETS.items()))
-    data.add_argument("--data", type=Path, default=None, metavar="PATH.npz",
-                      help="your own data: arrays x, y (and optional labels); x is (N, F) "
-                      "for mlp, (N, H, W) or (N, C, H, W) for cnn, (N, T) or (N, C, T) for "
-                      "audio/rnn, int token ids (N, L) for text/rnn")
-    train.add_argument("--run-dir", type=Path, required=True, help="folder to write the run to")
-    train.add_argument("--norm", choices=NORMS, default=DEFAULTS.norm,
-                       help="batch: BatchNorm where it belongs; none: the same network without")
-    train.add_argument("--bn-eps", type=float, default=DEFAULTS.batchnorm.eps,
-                       help="BatchNorm epsilon")
-    train.add_argument("--bn-momentum", type=float, default=DEFAULTS.batchnorm.momentum,
-                       help="BatchNorm running-statistics momentum")
-    train.add_argument("--no-affine", action="store_true",
-                       help="BatchNorm without learnable scale and shift (gamma, beta)")
-    train.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
-                       help="channels of the first stage / hidden units")
+    add_training_options(train)
     train.add_argument("--patience", type=_positive_int, default=None,
                        help="early stopping: stop after N epochs without a lower val loss and "
                        "keep the best epoch's weights (default: train every epoch)")
     train.add_argument("--resume", action="store_true",
                        help="continue RUN_DIR from its last finished epoch (RUN_DIR/last.pt) "
                        "with the run's own configuration; other options are ignored")
-    train.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs,
-                       help="passes over the training split")
-    train.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
-                       help="rows per optimizer step")
-    train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
-    train.add_argument("--seed", type=int, default=DEFAULTS.seed,
-                       help="seeds init, dropout, split and shuffling")
-    train.add_argument("--threads", type=_positive_int, default=DEFAULTS.num_threads,
-                       help="torch CPU threads")
-    train.add_argument("--dry-run", action="store_true",
-                       help=f"one epoch of {DEFAULTS.dry_run_steps} steps, for tests")
     train.set_defaults(handler=run_train, extra="training")
 
     export = subparsers.add_parser(
@@ -157,6 +126,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=run_compare, extra="training")
 
 
+def add_training_options(parser: argparse.ArgumentParser, *,
+                         batch_help: str = "rows per optimizer step") -> None:
+    """The model, data and hyperparameter flags of `bnserve train` (and of the torchrun entry)."""
+    parser.add_argument("--model", default=DEFAULTS.model,
+                        metavar="{" + ",".join(DEFAULT_DATASETS) + "}", help="registered model builder")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--dataset", default=None,
+                      help="registered dataset (digits, wine, breast_cancer, audio, text); default "
+                      "per model: " + ", ".join(f"{m}->{d}" for m, d in DEFAULT_DATASETS.items()))
+    data.add_argument("--data", type=Path, default=None, metavar="PATH.npz",
+                      help="your own data: arrays x, y (and optional labels); x is (N, F) "
+                      "for mlp, (N, H, W) or (N, C, H, W) for cnn, (N, T) or (N, C, T) for "
+                      "audio/rnn, int token ids (N, L) for text/rnn")
+    parser.add_argument("--run-dir", type=Path, required=True, help="folder to write the run to")
+    parser.add_argument("--norm", choices=NORMS, default=DEFAULTS.norm,
+                        help="batch: BatchNorm where it belongs; none: the same network without")
+    parser.add_argument("--bn-eps", type=float, default=DEFAULTS.batchnorm.eps,
+                        help="BatchNorm epsilon")
+    parser.add_argument("--bn-momentum", type=float, default=DEFAULTS.batchnorm.momentum,
+                        help="BatchNorm running-statistics momentum")
+    parser.add_argument("--no-affine", action="store_true",
+                        help="BatchNorm without learnable scale and shift (gamma, beta)")
+    parser.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
+                        help="channels of the first stage / hidden units")
+    parser.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs,
+                        help="passes over the training split")
+    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
+                        help=batch_help)
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                        help="seeds init, dropout, split and shuffling")
+    parser.add_argument("--threads", type=_positive_int, default=DEFAULTS.num_threads,
+                        help="torch CPU threads")
+    parser.add_argument("--dry-run", action="store_true",
+                        help=f"one epoch of {DEFAULTS.dry_run_steps} steps, for tests")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig that the flags of ``add_training_options`` describe."""
+    from dataclasses import replace
+
+    from bnserve.training.config import BatchNormOptions
+
+    return replace(
+        DEFAULTS, model=args.model,
+        dataset=args.dataset or DEFAULT_DATASETS.get(args.model, DEFAULTS.dataset),
+        data=str(args.data) if args.data else None, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
+        num_threads=args.threads, dry_run=args.dry_run, norm=args.norm,
+        patience=getattr(args, "patience", None),
+        batchnorm=BatchNormOptions(eps=args.bn_eps, momentum=args.bn_momentum,
+                                   affine=not args.no_affine),
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -208,7 +232,6 @@ def run_train(args: argparse.Namespace) -> int:
         return 1
 
     from bnserve.training.checkpoint import load_training_state
-    from bnserve.training.config import BatchNormOptions
     from bnserve.training.train import train
 
     try:
@@ -216,16 +239,7 @@ def run_train(args: argparse.Namespace) -> int:
             config = TrainConfig.from_dict(load_training_state(args.run_dir)["config"])
             config = replace(config, num_threads=args.threads)
         else:
-            dataset = args.dataset or DEFAULT_DATASETS.get(args.model, DEFAULTS.dataset)
-            config = replace(
-                DEFAULTS, model=args.model, dataset=dataset,
-                data=str(args.data) if args.data else None, epochs=args.epochs,
-                batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
-                num_threads=args.threads, dry_run=args.dry_run, norm=args.norm,
-                patience=args.patience,
-                batchnorm=BatchNormOptions(eps=args.bn_eps, momentum=args.bn_momentum,
-                                           affine=not args.no_affine),
-            )
+            config = config_from_args(args)
         result = train(config, args.run_dir, resume=args.resume)
     except TrainingError as exc:
         print(f"bnserve train: error: {exc}", file=sys.stderr)

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
-import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +37,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from bnserve.training.checkpoint import (
-    CHECKPOINT_FILE,
-    CURVES_FILE,
-    METRICS_FILE,
-    Checkpoint,
-    save_checkpoint,
-)
+from bnserve.training.cli import add_training_options, config_from_args
 from bnserve.training.config import TrainConfig
-from bnserve.training.curves import plot_training_curves
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import DistributedError, TrainingError
 from bnserve.training.models import build_model
 from bnserve.training.sync_batchnorm import is_sync_batchnorm, revert_sync_batchnorm, to_sync_batchnorm
 from bnserve.training.train import (
-    VERIFICATION_SAMPLES,
     TrainResult,
     evaluate,
     load_training_data,
     model_spec,
     split_dataset,
     train_epoch,
+    write_run_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -209,19 +201,14 @@ def train_distributed(config: TrainConfig, run_dir: Path | str, *, launch: Launc
         "distributed": {"world_size": world_size, "backend": dist.get_backend(),
                         "batch_size": batch_size, "batch_size_per_rank": rank_batch},
     }
-    metrics = {**summary, "history": history}
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(
-            Checkpoint(spec=spec, state_dict=plain.state_dict(), statistics=stats,
-                       labels=dataset.labels, dataset=dataset.name, config=config.to_dict(),
-                       metrics=summary, samples=x_val[:VERIFICATION_SAMPLES].copy()),
-            run_dir / CHECKPOINT_FILE,
-        )
-        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        plot_training_curves(history, run_dir / CURVES_FILE,
-                             title=f"{config.model} on {dataset.name} (seed {config.seed}, "
-                             f"{world_size} ranks)")
+        metrics = write_run_folder(
+            run_dir, model=plain, spec=spec, statistics=stats, dataset=dataset, config=config,
+            summary=summary, history=history, x_val=x_val,
+            title=f"{config.model} on {dataset.name} (seed {config.seed}, {world_size} ranks)")
+    else:
+        metrics = {**summary, "history": history}
         logger.info("trained %s on %s with %d ranks in %.1f s: val accuracy %.4f", config.model,
                     dataset.name, world_size, seconds, history[-1]["val_accuracy"])
     return TrainResult(run_dir=run_dir, metrics=metrics)
@@ -235,15 +222,7 @@ def _no_buffer_broadcast() -> dict[str, bool]:
     return {"broadcast_buffers": False}
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="torchrun --nproc_per_node=N -m bnserve.training.distributed",
         description="Train like `bnserve train`, on N processes: DistributedDataParallel with "
@@ -251,22 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint.pt (plain BatchNorm), metrics.json and curves.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", default=defaults.model, help="registered model builder")
-    parser.add_argument("--dataset", default=defaults.dataset, help="registered dataset")
-    parser.add_argument("--run-dir", type=Path, required=True, help="folder to write the run to")
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
-                        help="passes over the training split")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
-                        help="GLOBAL rows per optimizer step, split evenly over the ranks")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    parser.add_argument("--width", type=_positive_int, default=defaults.width,
-                        help="channels of the first stage")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seeds init, split and shuffling (dropout: seed + rank)")
-    parser.add_argument("--threads", type=_positive_int, default=defaults.num_threads,
-                        help="torch CPU threads per rank")
-    parser.add_argument("--dry-run", action="store_true",
-                        help=f"one epoch of {defaults.dry_run_steps} steps, for tests")
+    add_training_options(parser, batch_help="GLOBAL rows per optimizer step, split evenly over "
+                         "the ranks")
     parser.add_argument("--dump-state", type=Path, default=None, metavar="DIR",
                         help="each rank saves its final state_dict as DIR/rank{N}.pt")
     return parser
@@ -274,9 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = replace(TrainConfig(), model=args.model, dataset=args.dataset, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, width=args.width, seed=args.seed,
-                     num_threads=args.threads, dry_run=args.dry_run)
+    config = config_from_args(args)
     try:
         launch = Launch.from_environment()
         logging.basicConfig(level=logging.WARNING,

@@ -249,21 +249,33 @@ def _train(config: TrainConfig, run_dir: Path, *, progress: bool, resume: bool,
         "best_val_accuracy": max(h["val_accuracy"] for h in history),
         "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],  # lowest val loss
     }
-    metrics = {**summary, "history": history}
-
     model.eval()
+    metrics = write_run_folder(run_dir, model=model, spec=spec, statistics=stats, dataset=dataset,
+                               config=config, summary=summary, history=history, x_val=x_val,
+                               title=f"{config.model} on {dataset.name} (seed {config.seed})")
+    logger.info("trained %s on %s in %.1f s: val accuracy %.4f", config.model, dataset.name,
+                elapsed, kept["val_accuracy"])
+    return TrainResult(run_dir=run_dir, metrics=metrics)
+
+
+def write_run_folder(run_dir: Path, *, model: nn.Module, spec: ModelSpec, statistics: InputStatistics,
+                     dataset: Dataset, config: TrainConfig, summary: dict[str, Any],
+                     history: list[dict[str, Any]], x_val: np.ndarray, title: str) -> dict[str, Any]:
+    """Write checkpoint.pt (model in plain, eval-ready form), metrics.json and curves.png.
+
+    Shared by ``train`` and the torchrun entry, so both produce run folders that ``export``,
+    ``recalibrate`` and ``compare`` read the same way. Returns the metrics written.
+    """
+    metrics = {**summary, "history": history}
     save_checkpoint(
-        Checkpoint(spec=spec, state_dict=model.state_dict(), statistics=stats,
+        Checkpoint(spec=spec, state_dict=model.state_dict(), statistics=statistics,
                    labels=dataset.labels, dataset=dataset.name, config=config.to_dict(),
                    metrics=summary, samples=x_val[:VERIFICATION_SAMPLES].copy()),
         run_dir / CHECKPOINT_FILE,
     )
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_training_curves(history, run_dir / CURVES_FILE,
-                         title=f"{config.model} on {dataset.name} (seed {config.seed})")
-    logger.info("trained %s on %s in %.1f s: val accuracy %.4f", config.model, dataset.name,
-                elapsed, kept["val_accuracy"])
-    return TrainResult(run_dir=run_dir, metrics=metrics)
+    plot_training_curves(history, run_dir / CURVES_FILE, title=title)
+    return metrics
 
 
 def _stop(history: list[dict[str, Any]], best: dict[str, Any], patience: int | None) -> bool:
