@@ -96,7 +96,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="timed calls per case")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=1.0, help="server max queue delay")
-    parser.add_argument("--plot", type=Path, default=Path("bench/latency.png"))
+    parser.add_argument("--plot", type=Path, default=Path("bench/results/latency.png"))
     args = parser.parse_args()
 
     import onnxruntime as ort

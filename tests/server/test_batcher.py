@@ -21,8 +21,10 @@ class FakeRuntime:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.threads: list[int] = []  # which threads ran the model
 
     def __call__(self, feeds):
+        self.threads.append(threading.get_ident())
         self.entered.set()
         self.gate.wait(10)
         x = feeds["x"]
@@ -164,3 +166,19 @@ async def test_stop_answers_queued_requests_unavailable(executor):
         await first
     with pytest.raises(ModelNotReadyError):
         await batcher.submit({"x": np.ones((1, 2), np.float32)})
+
+
+async def test_the_runtime_runs_off_the_event_loop(executor):
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = make(runtime, executor)
+    pending = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+    await asyncio.to_thread(runtime.entered.wait, 5)
+    # The model is blocked inside its run. Had it run on the event loop, this coroutine could
+    # only resume after the run returned (the gate times out), and the request would be done.
+    await asyncio.sleep(0)
+    assert not pending.done()
+    runtime.gate.set()
+    await pending
+    assert runtime.threads and threading.get_ident() not in runtime.threads
+    await batcher.stop()
