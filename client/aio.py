@@ -13,7 +13,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from bnserve.client.channels import ClientBase
-from bnserve.client.errors import ServerUnavailableError, translate_rpc_errors
+from bnserve.client.errors import (
+    DeadlineExceededError,
+    ServerUnavailableError,
+    translate_rpc_errors,
+)
 from bnserve.client.messages import (
     ModelMetadata,
     infer_request,
@@ -58,7 +62,7 @@ class AsyncClient(ClientBase):
     async def is_ready(self, *, timeout: float | None = None) -> bool:
         try:
             return (await self._call("ServerReady", pb.ServerReadyRequest(), timeout)).ready
-        except ServerUnavailableError:
+        except (ServerUnavailableError, DeadlineExceededError):
             return False
 
     async def is_model_ready(
@@ -101,14 +105,16 @@ class AsyncClient(ClientBase):
         batch_size: int | None = None,
         timeout: float | None = None,
     ) -> np.ndarray:
+        deadline = self._deadline(timeout)  # one budget for the metadata and every chunk
         meta = self._metadata_cache.get((model, version)) or await self.metadata(
-            model, version=version, timeout=timeout
+            model, version=version, timeout=self._left(deadline)
         )
         input_name, output_name, chunks = predict_chunks(meta, array, batch_size)
         parts = []
         for chunk in chunks:
             result = await self.infer(
-                model, {input_name: chunk}, version=version, outputs=[output_name], timeout=timeout
+                model, {input_name: chunk}, version=version, outputs=[output_name],
+                timeout=self._left(deadline),
             )
             parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -111,6 +111,15 @@ class ClientBase:
         self._order = RoundRobin(len(self._stubs))
         self._metadata_cache: dict[tuple[str, str], ModelMetadata] = {}
 
+    def _deadline(self, timeout: float | None) -> float | None:
+        """The monotonic time by which a call (all its requests together) must be done."""
+        timeout = self.timeout if timeout is None else timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    @staticmethod
+    def _left(deadline: float | None) -> float | None:
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
     def _attempts(self, timeout: float | None) -> Iterator[tuple[Any, float | None, bool]]:
         """(stub, seconds left, is_last) for each address a call may try, in round-robin order.
 

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="send a .npy array to a served model and print or save its output",
         description="Send the array in --input (a .npy file) to --model and print the output "
-        "(or, for classifiers with labels, the top class per row); --output saves it as .npy.",
+        "and, for 2-D outputs, the index of the largest value per row; --output saves it "
+        "as .npy. Arrays longer than --batch-size rows go as several requests.",
     )
     predict.add_argument("--model", required=True, help="model name")
     predict.add_argument("--input", required=True, help=".npy file with the input batch")
@@ -21,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help=f"server address (repeat for several; default {DEFAULT_ADDRESS})")
     predict.add_argument("--version", default="", help="model version (default: served one)")
     predict.add_argument("--output", help="save the output array to this .npy file")
-    predict.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    predict.add_argument("--timeout", type=float, default=30.0,
+                         help="seconds for the whole call (default 30)")
+    predict.add_argument("--batch-size", type=int, default=64,
+                         help="rows per request (default 64, the server's default limit)")
     predict.add_argument("--tls", action="store_true", help="use TLS with the system roots")
     predict.set_defaults(handler=run_predict, extra=None)
 
@@ -44,7 +48,8 @@ def run_predict(args: argparse.Namespace) -> int:
     array = np.load(args.input, allow_pickle=False)
     try:
         with Client(args.address or [DEFAULT_ADDRESS], timeout=args.timeout, tls=args.tls) as client:
-            result = client.predict(args.model, array, version=args.version)
+            result = client.predict(args.model, array, version=args.version,
+                                    batch_size=args.batch_size)
     except BnserveError as exc:
         print(f"bnserve predict: {exc}", file=sys.stderr)
         return 1

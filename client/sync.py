@@ -10,7 +10,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from bnserve.client.channels import ClientBase
-from bnserve.client.errors import ServerUnavailableError, translate_rpc_errors
+from bnserve.client.errors import (
+    DeadlineExceededError,
+    ServerUnavailableError,
+    translate_rpc_errors,
+)
 from bnserve.client.messages import (
     ModelMetadata,
     infer_request,
@@ -64,7 +68,7 @@ class Client(ClientBase):
         """True when a server answers ready; False when none is reachable or ready."""
         try:
             return self._call("ServerReady", pb.ServerReadyRequest(), timeout).ready
-        except ServerUnavailableError:
+        except (ServerUnavailableError, DeadlineExceededError):
             return False
 
     def is_model_ready(self, model: str, *, version: str = "", timeout: float | None = None) -> bool:
@@ -108,15 +112,18 @@ class Client(ClientBase):
 
         ``batch_size`` splits a large array into requests of at most that many rows (servers
         refuse a request above their batch limit); the answers are concatenated in order.
+        ``timeout`` bounds the whole call, every request of it together.
         """
+        deadline = self._deadline(timeout)  # one budget for the metadata and every chunk
         meta = self._metadata_cache.get((model, version)) or self.metadata(
-            model, version=version, timeout=timeout
+            model, version=version, timeout=self._left(deadline)
         )
         input_name, output_name, chunks = predict_chunks(meta, array, batch_size)
         parts = []
         for chunk in chunks:
             result = self.infer(
-                model, {input_name: chunk}, version=version, outputs=[output_name], timeout=timeout
+                model, {input_name: chunk}, version=version, outputs=[output_name],
+                timeout=self._left(deadline),
             )
             parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

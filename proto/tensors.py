@@ -13,6 +13,7 @@ says what was expected; the server answers it with INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ def check_shape(shape: Sequence[int], *, name: str) -> tuple[int, ...]:
 
 
 def element_count(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    # Python ints: np.prod in int64 wraps around for huge shapes and would pass size checks.
+    return math.prod(int(d) for d in shape)
 
 
 # ---- raw contents -------------------------------------------------------------------------

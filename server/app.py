@@ -15,6 +15,7 @@ from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 from bnserve.server import metrics
 from bnserve.server.core import ModelManager
+from bnserve.server.runtime import available_providers, select_providers
 from bnserve.server.servicer import InferenceServicer
 from bnserve.server.settings import ServerSettings
 
@@ -35,6 +36,8 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        # A device that cannot be had fails the start, not each model one by one.
+        select_providers(settings.device, available_providers())
         self.manager = ModelManager(settings, observer=metrics.observe_batch)
         self.manager.load_all()
         options = [
@@ -92,18 +95,21 @@ class InferenceServer:
             from prometheus_client import start_http_server
 
             start_http_server(self.settings.metrics_port, addr=self.settings.host)
+        status = (health_pb2.HealthCheckResponse.SERVING if self.manager.ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(service, status)
         log.info(
             "serving %d model(s) %s on port %d",
             len(self.manager.models), sorted(self.manager.models), self.port,
         )
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: readiness goes false first, in-flight calls get ``grace`` seconds."""
+        """Drain: new calls are refused (UNAVAILABLE) and readiness goes false at once;
+        in-flight calls get ``grace`` seconds to finish."""
+        self.manager.accepting = False
         await self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        self.manager.accepting = False
         await self.grpc_server.stop(grace)
         await self.manager.stop()
 

@@ -126,7 +126,9 @@ class DynamicBatcher:
         # Collected straight into _inflight, so stop() can answer them whenever it cancels.
         batch, rows = self._inflight, first.rows
         batch.append(first)
-        deadline = loop.time() + self.max_queue_delay_s
+        # The delay counts from when the oldest request arrived (Triton's meaning): one that
+        # already waited through a whole run does not wait again.
+        deadline = first.enqueued_at + self.max_queue_delay_s
         while rows < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - loop.time()

@@ -76,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"bnserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
+    from bnserve.server.errors import ModelLoadError
+
     try:
         asyncio.run(_serve(settings, args.port_file))
-    except (FileNotFoundError, OSError, ValueError) as exc:
+    except (FileNotFoundError, OSError, ValueError, ModelLoadError) as exc:
         # Start-up problems a user can fix (no repository, port taken, half a TLS pair).
         print(f"bnserve serve: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 def load_model(entry: ModelVersion, settings: ServerSettings, observer=None) -> ServedModel:
     """Load one model version, or raise ModelLoadError saying why it must not be served."""
-    problems = check_inference_batchnorm(entry.model_path)
+    try:
+        problems = check_inference_batchnorm(entry.model_path)
+    except Exception as exc:  # onnx raises protobuf DecodeError and friends for a bad file
+        raise ModelLoadError(f"{entry.model_path.name} is not a readable ONNX model ({exc})") from exc
     if problems:
         raise ModelLoadError(
             f"{problems[0]}: its outputs would depend on the other requests in a batch "
@@ -66,6 +69,14 @@ class ModelManager:
         for model in self._models.values():
             model.start()
         self.accepting = True
+
+    @property
+    def ready(self) -> bool:
+        """Accepting requests, with at least one model; with strict readiness (the default),
+        also no model refused, so a broken deployment never looks healthy to a probe."""
+        if not self.accepting or not self._models:
+            return False
+        return not (self._settings.strict_readiness and self.refused)
 
     async def stop(self) -> None:
         self.accepting = False

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from bnserve.proto.tensors import datatype_of
 from bnserve.server.batcher import DynamicBatcher, Tensors
@@ -56,10 +59,12 @@ class ServedModel:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        self._executor.shutdown(wait=True)
+        # A run still in progress finishes in its thread; the event loop keeps serving.
+        await asyncio.to_thread(self._executor.shutdown, True)
 
-    def validate(self, inputs: Tensors, output_names: Sequence[str] = ()) -> None:
-        """Raise InvalidInputError naming the tensor unless the request fits the graph."""
+    def prepare(self, inputs: Tensors, output_names: Sequence[str] = ()) -> Tensors:
+        """The inputs as the runtime takes them; InvalidInputError naming the tensor unless
+        the request fits the graph."""
         unknown = sorted(set(inputs) - set(self._inputs_by_name))
         if unknown:
             raise InvalidInputError(
@@ -109,10 +114,12 @@ class ServedModel:
                 f"model {self.name!r} has no output {bad_outputs[0]!r}; "
                 f"its outputs are {sorted(self._output_names)}"
             )
+        if len(set(output_names)) != len(output_names):
+            raise InvalidInputError(f"outputs {list(output_names)} name an output twice")
+        return {name: _runtime_form(array, name) for name, array in inputs.items()}
 
     async def infer(self, inputs: Tensors, output_names: Sequence[str] = ()) -> Tensors:
-        self.validate(inputs, output_names)
-        outputs = await self.batcher.submit(inputs)
+        outputs = await self.batcher.submit(self.prepare(inputs, output_names))
         if output_names:
             return {name: outputs[name] for name in output_names}
         return outputs
@@ -128,3 +135,17 @@ class ServedModel:
             "outputs": [(s.name, s.datatype, list(s.shape)) for s in self.outputs],
         }
 
+
+def _runtime_form(array: np.ndarray, name: str) -> np.ndarray:
+    """BYTES arrive as Python bytes; onnxruntime's string tensors take str (UTF-8)."""
+    if array.dtype != object:
+        return array
+    try:
+        return np.vectorize(_utf8, otypes=[object])(array) if array.size else array
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"input {name!r}: BYTES element is not UTF-8 text, which "
+                                "the model's string input needs") from None
+
+
+def _utf8(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value

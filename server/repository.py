@@ -1,7 +1,7 @@
 """Reads a model repository: ``<root>/<model>/<version>/model.onnx`` (+ ``metadata.json``).
 
 Versions are positive integers. Folders that are not (for instance a writer's temporary
-``.tmp-*`` folder, renamed into place only when complete) are ignored, and so is a
+``.staging-*`` folder, renamed into place only when complete) are ignored, and so is a
 version folder without ``model.onnx``.
 """
 
@@ -31,12 +31,13 @@ class ModelVersion:
         return self.directory / MODEL_FILE
 
 
-def _versions(model_dir: Path) -> list[int]:
+def _versions(model_dir: Path) -> list[tuple[int, Path]]:
+    """(version, folder) pairs, lowest first; "007" is version 7 in folder "007"."""
     found = []
     for child in model_dir.iterdir():
         if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
             if (child / MODEL_FILE).is_file():
-                found.append(int(child.name))
+                found.append((int(child.name), child))
     return sorted(found)
 
 
@@ -64,6 +65,6 @@ def latest_versions(root: Path) -> list[ModelVersion]:
         if not versions:
             log.warning("model folder %s has no <version>/%s; skipped", model_dir, MODEL_FILE)
             continue
-        directory = model_dir / str(versions[-1])
-        models.append(ModelVersion(model_dir.name, versions[-1], directory, _metadata(directory)))
+        version, directory = versions[-1]
+        models.append(ModelVersion(model_dir.name, version, directory, _metadata(directory)))
     return models

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from bnserve.server.errors import ModelLoadError
+from bnserve.server.errors import InvalidInputError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class OnnxRuntimeSession:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self.providers: list[str] = self._session.get_providers()
+        if device == "cuda" and CUDA not in self.providers:
+            # onnxruntime falls back to CPU when the CUDA libraries fail to load.
+            raise ModelLoadError(f"device=cuda was asked for, but onnxruntime runs {path.name} "
+                                 f"on {self.providers}; check the CUDA/cuDNN libraries")
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         log.debug("loaded %s on %s", path, self.providers)
@@ -94,5 +99,19 @@ class OnnxRuntimeSession:
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = list(output_names) if output_names else [o.name for o in self.outputs]
-        results = self._session.run(names, feeds)
+        try:
+            results = self._session.run(names, feeds)
+        except InvalidArgument as exc:
+            # Values the graph cannot take (a token id past the vocabulary, say): the
+            # client's input, not a server fault.
+            raise InvalidInputError(f"the model rejected the input: {_short(exc)}") from exc
         return dict(zip(names, results, strict=True))
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(" : ", 3)[-1][:300]  # drop onnxruntime's "[ONNXRuntimeError] : 2 : ..."
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())

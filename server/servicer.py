@@ -7,6 +7,7 @@ its traceback, never sent to the client).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self._manager.accepting)
+        return pb.ServerReadyResponse(ready=self._manager.ready)
 
     async def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
@@ -87,5 +88,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except _Abort as abort:
             code = abort.code.name
             await context.abort(abort.code, abort.message)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            code = "CANCELLED"
+            raise
         finally:
             metrics.count_request(model_label, code)

@@ -68,6 +68,11 @@ class ServerSettings(BaseSettings):
         le=65535,
         description="Port of the Prometheus /metrics HTTP endpoint; unset disables it.",
     )
+    strict_readiness: bool = Field(
+        default=True,
+        description="ServerReady (and the gRPC health check) answer not ready while any model "
+        "of the repository was refused at load; false: ready as soon as one model is served.",
+    )
     tls_certificate: Path | None = Field(
         default=None,
         description="PEM certificate chain; with tls_private_key the server speaks TLS only.",

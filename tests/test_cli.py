@@ -89,3 +89,10 @@ def test_serve_start_up_errors_are_one_clear_line(served, tmp_path):
     )
     for result in (taken, missing, invalid):
         assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_unavailable_device_at_start(digits_repository):
+    result = bnserve("serve", "--repository", str(digits_repository), "--port", "0",
+                     "--device", "cuda", check=False)
+    assert result.returncode == 1
+    assert "no CUDAExecutionProvider" in result.stderr and "Traceback" not in result.stderr

@@ -9,7 +9,8 @@ A DistributedSampler deals each rank its share of the shuffled training split pe
 
     --batch-size is the GLOBAL batch: each rank takes batch_size / N rows per step, and the
     synchronized BatchNorm normalizes over all batch_size rows, so a run on N ranks takes the
-    same steps, with the same BatchNorm batches, as `bnserve train` on one process.
+    same number of steps, each BatchNorm batch as large, as `bnserve train` on one process
+    (the rows in each batch differ: the sampler shuffles per rank).
 
 Backend: NCCL with one GPU per rank (cuda:LOCAL_RANK) when CUDA is available, else gloo on
 CPU. Rank 0 writes the same run folder as ``bnserve train``, with BatchNorm{1,2,3}d layers

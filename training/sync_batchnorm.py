@@ -45,9 +45,10 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         channels = x.size(1)
         dims = [0, *range(2, x.dim())]  # every axis but the channels
         shape = [1, channels] + [1] * (x.dim() - 2)  # broadcasts a (C,) vector over x
-        # float64 sums: var = E[x^2] - mean^2 loses nothing measurable for float32 activations.
-        local = torch.cat([x.sum(dims, dtype=torch.float64),
-                           (x * x).sum(dims, dtype=torch.float64),
+        # Squares and sums in float64: var = E[x^2] - mean^2 cancels badly when the mean is
+        # large against the spread, and float32 squares would lose the difference first.
+        x64 = x.double()
+        local = torch.cat([x64.sum(dims), (x64 * x64).sum(dims),
                            x.new_full((1,), x.numel() // max(channels, 1), dtype=torch.float64)])
         dist.all_reduce(local, group=group)  # (2C + 1,) sums over all ranks
         total, total_sq, count = local[:channels], local[channels:2 * channels], local[-1]

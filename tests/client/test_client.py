@@ -151,3 +151,12 @@ async def test_async_client_errors_and_readiness(server):
             await c.metadata("nope")
     async with AsyncClient(UNUSED_ADDRESS, timeout=2) as dead:
         assert not await dead.is_ready()
+
+
+def test_predict_timeout_bounds_the_whole_call(client, digits_data):
+    images, _ = digits_data
+    # 64 one-row requests cannot all fit in 5 ms, although each alone might.
+    with pytest.raises(DeadlineExceededError):
+        client.predict("digits", images[:64], batch_size=1, timeout=0.005)
+    chunked = client.predict("digits", images[:10], batch_size=3)
+    np.testing.assert_allclose(chunked, client.predict("digits", images[:10]), atol=1e-6)

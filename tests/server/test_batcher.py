@@ -182,3 +182,22 @@ async def test_the_runtime_runs_off_the_event_loop(executor):
     await pending
     assert runtime.threads and threading.get_ident() not in runtime.threads
     await batcher.stop()
+
+
+async def test_queue_delay_counts_from_arrival_not_from_the_end_of_the_previous_run(executor):
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    delay = 3.0
+    batcher = make(runtime, executor, max_batch_size=2, max_queue_delay_s=delay)
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((2, 2), np.float32)}))
+    await asyncio.to_thread(runtime.entered.wait, 5)
+    second = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+    await asyncio.sleep(delay + 0.5)  # the second request's allowed wait passes during the run
+    loop = asyncio.get_running_loop()
+    released = loop.time()
+    runtime.gate.set()
+    await asyncio.gather(first, second)
+    # Counted from arrival the wait is used up, so it runs at once; counted from the end of
+    # the previous run it would wait the whole delay again.
+    assert loop.time() - released < delay - 1.0
+    await batcher.stop()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from bnserve.client import Client, InvalidRequestError
+from bnserve.client import Client, InvalidRequestError, ServerUnavailableError
 from bnserve.server.settings import ServerSettings
 from support import onnx_graphs
 from support.server_thread import ServerThread
@@ -53,21 +56,31 @@ def test_reflection_lists_the_services(server):
 
 
 def test_prometheus_metrics_count_requests_and_batches(server):
+    url = f"http://127.0.0.1:{server.settings.metrics_port}/metrics"
+
+    def scrape() -> dict[str, float]:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")
+        }
+
+    # Counters are process-wide (other tests' servers share them): compare before and after.
+    before = scrape()
     with Client(server.address) as client:
         for _ in range(3):
             client.infer("linear", {"input": np.ones((2, 4), np.float32)})
         with pytest.raises(InvalidRequestError):
             client.infer("linear", {"input": np.ones((2, 5), np.float32)})
-    url = f"http://127.0.0.1:{server.settings.metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    samples = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines() if line and not line.startswith("#")
-    }
-    assert samples['bnserve_infer_requests_total{code="OK",model="linear"}'] >= 3
-    assert samples['bnserve_infer_requests_total{code="INVALID_ARGUMENT",model="linear"}'] >= 1
-    assert samples['bnserve_batch_rows_count{model="linear"}'] >= 3
-    assert samples['bnserve_batch_rows_sum{model="linear"}'] >= 6
+    after = scrape()
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert delta('bnserve_infer_requests_total{code="OK",model="linear"}') == 3
+    assert delta('bnserve_infer_requests_total{code="INVALID_ARGUMENT",model="linear"}') == 1
+    assert delta('bnserve_batch_rows_count{model="linear"}') == 3
+    assert delta('bnserve_batch_rows_sum{model="linear"}') == 6
 
 
 def test_draining_server_is_not_ready(tmp_path):
@@ -82,3 +95,44 @@ def test_draining_server_is_not_ready(tmp_path):
             assert stub.Check(health_pb2.HealthCheckRequest()).status == (
                 health_pb2.HealthCheckResponse.NOT_SERVING
             )
+
+
+def test_strict_readiness_reports_a_refused_model(tmp_path):
+    onnx_graphs.linear_softmax(tmp_path / "linear" / "1" / "model.onnx")
+    onnx_graphs.batchnorm(tmp_path / "bad" / "1" / "model.onnx", training_mode=True)
+    with ServerThread(ServerSettings(repository=tmp_path)) as running:
+        with grpc.insecure_channel(running.address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with Client(running.address) as client:
+            assert not client.is_ready()
+            assert client.is_model_ready("linear")  # what loaded is still served
+            assert client.infer("linear", {"input": np.ones((1, 4), np.float32)})
+
+
+def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path):
+    onnx_graphs.linear_softmax(tmp_path / "linear" / "1" / "model.onnx")
+    with ServerThread(ServerSettings(repository=tmp_path)) as running:
+        batcher = running.server.models["linear"].batcher
+        entered, gate = threading.Event(), threading.Event()
+        real_run = batcher._run_batch  # noqa: SLF001 - hold one run open to observe the drain
+
+        def held_run(feeds):
+            entered.set()
+            gate.wait(10)
+            return real_run(feeds)
+
+        batcher._run_batch = held_run  # noqa: SLF001
+        x = np.ones((1, 4), np.float32)
+        with Client(running.address, timeout=20) as client, ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.infer, "linear", {"input": x})
+            assert entered.wait(10)
+            stopping = asyncio.run_coroutine_threadsafe(running.server.stop(grace=15),
+                                                        running._loop)  # noqa: SLF001
+            while running.server.manager.accepting:
+                pass  # stop() refuses new calls first thing; wait until it has begun
+            with Client(running.address, timeout=5) as late, pytest.raises(ServerUnavailableError):
+                late.infer("linear", {"input": x})
+            gate.set()
+            assert in_flight.result(timeout=20)["probabilities"].shape == (1, 3)
+            stopping.result(timeout=20)

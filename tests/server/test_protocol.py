@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
-from bnserve.proto.tensors import DATATYPES, encode_contents, encode_raw
+from bnserve.proto.tensors import DATATYPES, decode_raw, encode_contents, encode_raw
 from bnserve.server.settings import ServerSettings
 from support import onnx_graphs
 from support.server_thread import ServerThread
@@ -43,12 +43,16 @@ def repository(tmp_path_factory):
     onnx_graphs.batchnorm(root / "bn_train" / "1" / "model.onnx", training_mode=True)
     for datatype, elem_type in NUMERIC.items():
         onnx_graphs.identity(root / f"id_{datatype.lower()}" / "1" / "model.onnx", elem_type)
+    onnx_graphs.identity(root / "id_bytes" / "1" / "model.onnx", TensorProto.STRING)
+    onnx_graphs.embedding_lookup(root / "lookup" / "1" / "model.onnx", vocab=5)
     return root
 
 
 @pytest.fixture(scope="module")
 def server(repository):
-    settings = ServerSettings(repository=repository, max_batch_size=MAX_BATCH)
+    # bn_train is refused on purpose; the rest must still be served and the server ready.
+    settings = ServerSettings(repository=repository, max_batch_size=MAX_BATCH,
+                              strict_readiness=False)
     with ServerThread(settings) as running:
         yield running
 
@@ -136,6 +140,18 @@ def test_every_numeric_datatype_round_trips(stub, datatype):
         np.testing.assert_array_equal(got, x)
 
 
+def test_bytes_round_trip_raw_and_typed(stub):
+    x = np.array([[b"ab", "h\u00e9".encode(), b""], [b"x", b"yz", b"\x00"]], dtype=object)
+    response = stub.ModelInfer(raw_request("id_bytes", x=x))
+    assert response.outputs[0].datatype == "BYTES"
+    got = decode_raw(response.raw_output_contents[0], "BYTES", [2, 3], name="y")
+    np.testing.assert_array_equal(got, x)
+    typed = pb.ModelInferRequest(model_name="id_bytes")
+    encode_contents(x, typed.inputs.add(name="x", datatype="BYTES", shape=[2, 3]).contents)
+    got = decode_raw(stub.ModelInfer(typed).raw_output_contents[0], "BYTES", [2, 3], name="y")
+    np.testing.assert_array_equal(got, x)
+
+
 def test_two_inputs_and_requested_outputs(stub):
     a = np.array([[0.5, 1.5], [2.0, 3.0]], np.float32)
     b = np.array([[1, 2], [3, 4]], np.int64)
@@ -213,6 +229,27 @@ BAD_REQUESTS = {
     ),
     "negative dimension": (
         _request(shape=(-1, 4)), grpc.StatusCode.INVALID_ARGUMENT, "negative dimension"
+    ),
+    "shape whose size overflows int64": (
+        _request(shape=(2**32, 2**32), raw=b""), grpc.StatusCode.INVALID_ARGUMENT,
+        "raw contents hold 0 bytes",
+    ),
+    "output named twice": (
+        pb.ModelInferRequest(
+            model_name="linear",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 4])],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")] * 2,
+            raw_input_contents=[b"\0" * 16],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT, "name an output twice",
+    ),
+    "token id outside the vocabulary": (
+        raw_request("lookup", ids=np.array([[1, 99]], np.int64)),
+        grpc.StatusCode.INVALID_ARGUMENT, "the model rejected the input",
+    ),
+    "BYTES that are not UTF-8 text": (
+        raw_request("id_bytes", x=np.array([[b"ok", b"\xff", b""]], dtype=object)),
+        grpc.StatusCode.INVALID_ARGUMENT, "input 'x': BYTES element is not UTF-8",
     ),
     "no data": (
         pb.ModelInferRequest(model_name="linear", inputs=[

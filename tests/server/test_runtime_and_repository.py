@@ -39,7 +39,7 @@ def test_repository_serves_the_highest_complete_version(tmp_path):
     onnx_graphs.linear_softmax(tmp_path / "a" / "10" / "model.onnx")
     onnx_graphs.linear_softmax(tmp_path / "a" / "2" / "model.onnx")
     (tmp_path / "a" / "11").mkdir()  # no model.onnx yet: not a version
-    onnx_graphs.linear_softmax(tmp_path / "a" / ".tmp-12" / "model.onnx")  # a writer's temp dir
+    onnx_graphs.linear_softmax(tmp_path / "a" / ".staging-12" / "model.onnx")  # a writer's
     (tmp_path / "a" / "10" / "metadata.json").write_text('{"labels": ["x", "y", "z"]}')
     (tmp_path / "empty").mkdir()
     found = latest_versions(tmp_path)
@@ -65,3 +65,33 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     settings = ServerSettings()
     assert settings.max_batch_size == 7 and settings.repository == tmp_path
     assert ServerSettings(max_batch_size=3).max_batch_size == 3
+
+
+def test_unreadable_or_odd_model_folders_do_not_stop_the_others(tmp_path, caplog):
+    onnx_graphs.linear_softmax(tmp_path / "padded" / "007" / "model.onnx")  # version 7
+    (tmp_path / "corrupt" / "1").mkdir(parents=True)
+    (tmp_path / "corrupt" / "1" / "model.onnx").write_bytes(b"not a protobuf at all")
+    onnx_graphs.identity(tmp_path / "good" / "1" / "model.onnx", TensorProto.FLOAT)
+    manager = ModelManager(ServerSettings(repository=tmp_path))
+    with caplog.at_level(logging.ERROR):
+        manager.load_all()
+    assert sorted(manager.models) == ["good", "padded"]
+    assert manager.models["padded"].version == "7"
+    assert "refusing to load model 'corrupt' version 1" in caplog.text
+    assert "not a readable ONNX model" in caplog.text
+
+
+def test_readiness_is_strict_about_refused_models(tmp_path):
+    onnx_graphs.batchnorm(tmp_path / "bad" / "1" / "model.onnx", training_mode=True)
+    onnx_graphs.identity(tmp_path / "good" / "1" / "model.onnx", TensorProto.FLOAT)
+    strict = ModelManager(ServerSettings(repository=tmp_path))
+    lenient = ModelManager(ServerSettings(repository=tmp_path, strict_readiness=False))
+    for manager in (strict, lenient):
+        manager.load_all()
+        assert not manager.ready  # not started yet
+        manager.accepting = True
+    assert not strict.ready and lenient.ready
+    empty = ModelManager(ServerSettings(repository=tmp_path / "good" / "1"))  # no model folders
+    empty.load_all()
+    empty.accepting = True
+    assert not empty.ready

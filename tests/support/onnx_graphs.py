@@ -88,3 +88,16 @@ def batchnorm(path: Path, *, training_mode: bool, channels: int = 3) -> Path:
         params,
     )
     return _save(graph, path, opset=15)
+
+
+def embedding_lookup(path: Path, vocab: int = 5, dim: int = 2) -> Path:
+    """ids INT64 [N, L] -> Gather from a [vocab, dim] table -> FP32 [N, L, dim]."""
+    table = np.arange(vocab * dim, dtype=np.float32).reshape(vocab, dim)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)],
+        "embedding_lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "length"])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "length", dim])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    return _save(graph, path)
