@@ -70,12 +70,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first (bnserve train --run-dir)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a bnserve checkpoint of format {FORMAT}")
+    data = _read(path, "checkpoint")
     return Checkpoint(
         spec=ModelSpec.from_dict(data["spec"]),
         state_dict=data["state_dict"],
@@ -101,10 +96,15 @@ def load_training_state(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / TRAINING_STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: no {TRAINING_STATE_FILE} in {run_dir}")
+    return _read(path, "training state")
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    """A bnserve torch file of this FORMAT, loaded without executing pickled code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read training state {path}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a bnserve training state of format {FORMAT}")
-    return state
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bnserve {what} of format {FORMAT}")
+    return data

@@ -43,13 +43,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnserve.server.bn_guard import batchnorm_nodes
 from bnserve.training.card import build_model_card
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import ExportError, TrainingModeError
 from bnserve.training.models import batchnorm_layers, build_model, require_running_statistics
 from bnserve.training.repository import check_model_name, check_new_version, stage_version
-from bnserve.training.verify import VerificationReport, batchnorm_nodes, verify_onnx_export
+from bnserve.training.verify import VerificationReport, verify_onnx_export
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from bnserve.server.bn_guard import batchnorm_nodes, is_training_mode
 from bnserve.training.errors import VerificationError
 
 PARITY_ATOL = 1e-5
@@ -68,30 +69,6 @@ class VerificationReport:
         }
 
 
-def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """BatchNormalization nodes in the graph, its subgraphs and its local functions."""
-
-    def walk(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-        found = []
-        for node in nodes:
-            if node.op_type == "BatchNormalization":
-                found.append(node)
-            for attr in node.attribute:
-                graphs = [attr.g] if attr.HasField("g") else list(attr.graphs)
-                for graph in graphs:
-                    found += walk(graph.node)
-        return found
-
-    found = walk(model.graph.node)
-    for function in model.functions:
-        found += walk(function.node)
-    return found
-
-
-def _training_mode(node: onnx.NodeProto) -> bool:
-    return any(a.name == "training_mode" and a.i != 0 for a in node.attribute)
-
-
 def _torch_outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:
     was_training = module.training
     module.eval()
@@ -132,7 +109,7 @@ def verify_onnx_export(
         checker_passed = False
         failures.append(f"onnx.checker rejected the model: {exc}")
     bn = batchnorm_nodes(model)
-    training_bn = [n for n in bn if _training_mode(n)]
+    training_bn = [n for n in bn if is_training_mode(n)]
     if training_bn:
         failures.append(
             f"{len(training_bn)} BatchNormalization node(s) in training mode (training_mode=1): "

@@ -95,3 +95,12 @@ def test_readiness_is_strict_about_refused_models(tmp_path):
     empty.load_all()
     empty.accepting = True
     assert not empty.ready
+
+
+def test_training_mode_batchnorm_inside_a_local_function_is_refused_too(tmp_path, caplog):
+    onnx_graphs.batchnorm_in_local_function(tmp_path / "hidden" / "1" / "model.onnx")
+    manager = ModelManager(ServerSettings(repository=tmp_path))
+    with caplog.at_level(logging.ERROR):
+        manager.load_all()
+    assert manager.models == {}
+    assert "BatchNormalization node hidden_bn has training_mode=1" in caplog.text

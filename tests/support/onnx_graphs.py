@@ -101,3 +101,29 @@ def embedding_lookup(path: Path, vocab: int = 5, dim: int = 2) -> Path:
         [numpy_helper.from_array(table, "table")],
     )
     return _save(graph, path)
+
+
+def batchnorm_in_local_function(path: Path, channels: int = 3) -> Path:
+    """x -> a local function holding a training-mode BatchNormalization (as exporters emit)."""
+    params = {
+        "scale": np.ones(channels, np.float32), "bias": np.zeros(channels, np.float32),
+        "mean": np.zeros(channels, np.float32), "var": np.ones(channels, np.float32),
+    }
+    body = helper.make_node("BatchNormalization", ["x", *params], ["y", "rm", "rv"],
+                            name="hidden_bn", training_mode=1)
+    function = helper.make_function("bnserve.test", "Norm", ["x", *params], ["y"], [body],
+                                    [helper.make_opsetid("", 15)])
+    graph = helper.make_graph(
+        [helper.make_node("Norm", ["x", *params], ["y"], domain="bnserve.test")],
+        "local_function",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels])],
+        [numpy_helper.from_array(v, k) for k, v in params.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15),
+                                                    helper.make_opsetid("bnserve.test", 1)],
+                              functions=[function])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -12,13 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from bnserve.server.bn_guard import batchnorm_nodes
 from bnserve.training.checkpoint import load_checkpoint
 from bnserve.training.config import DEFAULT_DATASETS, BatchNormOptions, ModelSpec, TrainConfig
 from bnserve.training.datasets import Dataset, load_dataset
 from bnserve.training.export import ExportResult, export_run
 from bnserve.training.models import batchnorm_layers, build_model
 from bnserve.training.train import TrainResult, train
-from bnserve.training.verify import batchnorm_nodes
 
 ZOO = ("mlp", "cnn", "audio", "text", "rnn")
 # BatchNorm layers per model (width 8): mlp 2 blocks; cnn stem + 2 + 3 + head; audio 4 conv
