@@ -31,7 +31,7 @@ PORT_LINE = re.compile(r"on port (\d+)")
 
 def start_server(repository: Path, metrics_port: int, delay_ms: float):
     process = subprocess.Popen(
-        [sys.executable, "-m", "bnserve.client.cli", "serve", "--repository", str(repository),
+        [sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
          "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(metrics_port),
          "--max-queue-delay-ms", str(delay_ms)],
         stderr=subprocess.PIPE, text=True,

@@ -1,4 +1,4 @@
-"""Generate the Python protocol stubs from ``open_inference.proto`` (``make proto``).
+"""Generate the Python protocol stubs from the .proto files here (``make proto``).
 
 protoc is run with the virtual include path ``bnserve/proto`` so that the generated
 ``*_pb2_grpc.py`` imports ``bnserve.proto.open_inference_pb2`` rather than a top-level
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
-PROTO_FILES = ("open_inference.proto",)
+PROTO_FILES = ("model_config.proto", "open_inference.proto")
 VIRTUAL_ROOT = "bnserve/proto"
 
 

@@ -16,53 +16,24 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from bnserve.proto import open_inference_pb2 as pb
+from bnserve.proto.datatypes import BY_NAME, Datatype, for_numpy
 
 
 class TensorCodecError(ValueError):
     """A tensor in a message does not match its declared datatype or shape."""
 
 
-@dataclass(frozen=True)
-class Datatype:
-    name: str  # the protocol's spelling, e.g. "FP32"
-    dtype: np.dtype  # little-endian numpy dtype; object for BYTES
-    contents_field: str | None  # InferTensorContents field, None: raw contents only
-
-
-_DATATYPES = [
-    Datatype("BOOL", np.dtype(np.bool_), "bool_contents"),
-    Datatype("UINT8", np.dtype("<u1"), "uint_contents"),
-    Datatype("UINT16", np.dtype("<u2"), "uint_contents"),
-    Datatype("UINT32", np.dtype("<u4"), "uint_contents"),
-    Datatype("UINT64", np.dtype("<u8"), "uint64_contents"),
-    Datatype("INT8", np.dtype("<i1"), "int_contents"),
-    Datatype("INT16", np.dtype("<i2"), "int_contents"),
-    Datatype("INT32", np.dtype("<i4"), "int_contents"),
-    Datatype("INT64", np.dtype("<i8"), "int64_contents"),
-    # FP16 travels as raw contents only: the typed message has no 16-bit float field.
-    Datatype("FP16", np.dtype("<f2"), None),
-    Datatype("FP32", np.dtype("<f4"), "fp32_contents"),
-    Datatype("FP64", np.dtype("<f8"), "fp64_contents"),
-    Datatype("BYTES", np.dtype(np.object_), "bytes_contents"),
-]
-DATATYPES: dict[str, Datatype] = {d.name: d for d in _DATATYPES}
-_BY_KIND: dict[tuple[str, int], Datatype] = {
-    (d.dtype.kind, d.dtype.itemsize): d for d in _DATATYPES if d.name != "BYTES"
-}
+DATATYPES: dict[str, Datatype] = BY_NAME  # protocol name -> Datatype (bnserve.proto.datatypes)
 CONTENTS_FIELDS = tuple(pb.InferTensorContents.DESCRIPTOR.fields_by_name)
 
 
 def datatype_of(dtype: np.dtype | type) -> str:
     """The protocol datatype for a numpy dtype (str/bytes/object arrays are BYTES)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "OSU":
-        return "BYTES"
-    found = _BY_KIND.get((dtype.kind, dtype.itemsize))
+    found = for_numpy(dtype)
     if found is None:
         raise TensorCodecError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
     return found.name

@@ -1,9 +1,11 @@
-"""The composition root: ``build_server(settings)`` wires repository, models, servicer,
-health and reflection into one grpc.aio server. The CLI and the tests both call it.
+"""The composition root: ``build_server(settings)`` wires repository, registry, controller,
+servicer, admin guard, health and reflection into one grpc.aio server. The CLI and the
+tests both call it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
@@ -14,7 +16,12 @@ from grpc_reflection.v1alpha import reflection
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 from bnserve.server import metrics
-from bnserve.server.core import ModelManager
+from bnserve.server.admin import AdminGuard, read_token
+from bnserve.server.controller import Loader, RepositoryController
+from bnserve.server.loader import load_version
+from bnserve.server.model import ServedModel
+from bnserve.server.registry import ModelRegistry
+from bnserve.server.repository import ModelRepository
 from bnserve.server.runtime import available_providers, select_providers
 from bnserve.server.servicer import InferenceServicer
 from bnserve.server.settings import ServerSettings
@@ -32,14 +39,19 @@ def _package_version() -> str:
 
 
 class InferenceServer:
-    """A started-or-startable server: the grpc.aio server, its port and its models."""
+    """A started-or-startable server: the grpc.aio server, its port and its model lifecycle."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, loader: Loader = load_version) -> None:
         self.settings = settings
         # A device that cannot be had fails the start, not each model one by one.
         select_providers(settings.device, available_providers())
-        self.manager = ModelManager(settings, observer=metrics.observe_batch)
-        self.manager.load_all()
+        self.repository = ModelRepository(settings.repository)
+        self.repository.check_root()
+        self.registry = ModelRegistry(strict_readiness=settings.strict_readiness)
+        self.controller = RepositoryController(self.repository, self.registry, settings,
+                                               loader=loader, observer=metrics.observe_batch)
+        token = read_token(settings.admin_token_file) if settings.admin_token_file else None
+        admin = AdminGuard(token, allow_unauthenticated=settings.allow_unauthenticated_admin)
         options = [
             # grpc enables SO_REUSEPORT by default: a second server on a taken port would
             # silently share its traffic instead of failing to start.
@@ -49,12 +61,15 @@ class InferenceServer:
         ]
         self.grpc_server = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(
-                self.manager, server_name=settings.server_name, server_version=_package_version()
-            ),
+            InferenceServicer(self.registry, self.controller, admin,
+                              server_name=settings.server_name,
+                              server_version=_package_version(),
+                              on_request=metrics.count_request),
             self.grpc_server,
         )
         self.health = health.aio.HealthServicer()
+        self._health_lock = asyncio.Lock()
+        self._health_names: set[str] = set()  # model names health has a status for
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
@@ -85,38 +100,62 @@ class InferenceServer:
         return port
 
     @property
-    def models(self):
-        return self.manager.models
+    def models(self) -> dict[str, ServedModel]:
+        """Each model's highest ready version (what a request without a version gets)."""
+        return {name: self.registry.resolve(name) for name in self.registry.names()
+                if self.registry.ready_versions(name)}
 
     async def start(self) -> None:
-        self.manager.start()
+        """Load what the model control mode says, then serve; health follows the registry."""
+        await self.controller.start()
+        self.registry.subscribe(self._registry_changed)
+        self.registry.accepting = True
         await self.grpc_server.start()
         if self.settings.metrics_port is not None:
             from prometheus_client import start_http_server
 
             start_http_server(self.settings.metrics_port, addr=self.settings.host)
-        status = (health_pb2.HealthCheckResponse.SERVING if self.manager.ready
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, status)
+        await self._publish_health()
         log.info(
-            "serving %d model(s) %s on port %d",
-            len(self.manager.models), sorted(self.manager.models), self.port,
+            "serving %d model(s) %s on port %d (model control mode %s)",
+            len(self.models), sorted(self.models), self.port, self.settings.model_control_mode,
         )
+
+    def _registry_changed(self) -> None:
+        asyncio.get_running_loop().create_task(self._publish_health())
+
+    async def _publish_health(self) -> None:
+        """Health statuses from the registry: the server ("" and the inference service) and
+        each model by name. Serialized, and each run reads the registry afresh, so the last
+        run leaves the current state whatever order the changes came in."""
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        async with self._health_lock:
+            server = serving if self.registry.ready else not_serving
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, server)
+            names = self.registry.names()
+            for name in names:
+                ready = self.registry.accepting and bool(self.registry.ready_versions(name))
+                await self.health.set(name, serving if ready else not_serving)
+            for gone in self._health_names - set(names):  # a model removed from the repository
+                await self.health.set(gone, not_serving)
+            self._health_names |= set(names)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: new calls are refused (UNAVAILABLE) and readiness goes false at once;
         in-flight calls get ``grace`` seconds to finish."""
-        self.manager.accepting = False
+        self.registry.accepting = False
         await self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.grpc_server.stop(grace)
-        await self.manager.stop()
+        await self.controller.stop()
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
 
 
-def build_server(settings: ServerSettings) -> InferenceServer:
-    """Load the repository's models and bind the port; ``await server.start()`` serves."""
-    return InferenceServer(settings)
+def build_server(settings: ServerSettings, *, loader: Loader = load_version) -> InferenceServer:
+    """Bind the port; ``await server.start()`` loads the models and serves. ``loader``: a
+    test's stand-in for ``bnserve.server.loader.load_version``."""
+    return InferenceServer(settings, loader=loader)

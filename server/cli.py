@@ -14,9 +14,10 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve every model of a repository over the Open Inference Protocol (gRPC)",
-        description="Load the highest version of every model under --repository into "
-        "onnxruntime and serve them over the Open Inference Protocol (KServe V2) gRPC API, "
+        help="serve the models of a repository over the Open Inference Protocol (gRPC)",
+        description="Load the models under --repository into onnxruntime (each model the "
+        "versions its config.pbtxt's version_policy selects; default the highest) and serve "
+        "them over the Open Inference Protocol (KServe V2) gRPC API and Triton's extensions, "
         "with dynamic batching. Every option can also be set as an environment variable "
         "BNSERVE_<OPTION> (e.g. BNSERVE_MAX_BATCH_SIZE=32); flags win.",
     )
@@ -33,6 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--intra-op-threads", type=int, help="onnxruntime threads, 0 = auto")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
+                        help="none: load at start only (default); poll: follow the repository "
+                        "while serving; explicit: load what --load-model and the repository "
+                        "API ask")
+    parser.add_argument("--repository-poll-secs", type=float,
+                        help="seconds between repository polls in poll mode (default: 15)")
+    parser.add_argument("--load-model", action="append", metavar="NAME",
+                        help="explicit mode: load this model at start (repeatable)")
+    parser.add_argument("--admin-token-file",
+                        help="file with the token the repository API needs "
+                        "(metadata 'authorization: Bearer <token>')")
+    parser.add_argument("--allow-unauthenticated-admin", action="store_true", default=None,
+                        help="open the repository API without a token (trusted networks only)")
+    parser.add_argument("--shutdown-grace-s", type=float,
+                        help="on SIGTERM, seconds in-flight calls may finish (default: 5)")
     parser.add_argument("--tls-certificate", help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-private-key", help="PEM private key (enables TLS)")
     parser.add_argument(
@@ -66,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     names = ("repository", "host", "port", "max_batch_size", "max_queue_delay_ms",
              "max_queue_size", "device", "intra_op_threads", "metrics_port", "tls_certificate",
-             "tls_private_key")
+             "tls_private_key", "model_control_mode", "repository_poll_secs", "load_model",
+             "admin_token_file", "allow_unauthenticated_admin", "shutdown_grace_s")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
         settings = ServerSettings(**overrides)

@@ -3,9 +3,17 @@
     ServingError                      (base; never raised itself)
      +-- ModelNotFoundError           NOT_FOUND: unknown model or version
      +-- InvalidInputError            INVALID_ARGUMENT: a request that does not fit the model
-     +-- ModelNotReadyError           UNAVAILABLE: model not loaded, or server shutting down
+     +-- ModelNotReadyError           UNAVAILABLE: not loaded (yet), failed to load, draining,
+     |                                or the server is shutting down
      +-- QueueFullError               RESOURCE_EXHAUSTED: the model's queue is full
-     +-- ModelLoadError               a model that must not be served (raised at load time)
+     +-- QueueTimeoutError            UNAVAILABLE: waited in the queue past the model's timeout
+     +-- UnauthenticatedError         UNAUTHENTICATED: admin call without the right token
+     +-- PreconditionError            FAILED_PRECONDITION: an admin call this server refuses
+     |    |                           in its mode (load/unload outside explicit mode, no
+     |    |                           admin token configured)
+     |    +-- ModelLoadError          a version that must not be served; ``reason`` is short
+     |         +-- ConfigError        and safe to show a client, ``detail`` goes to the log
+     |                                only (it may hold host paths or onnxruntime's text)
 
 Only ``bnserve.server.servicer`` turns these into gRPC statuses; anything else that escapes
 a handler is a server bug and is answered INTERNAL with a generic message.
@@ -36,5 +44,26 @@ class QueueFullError(ServingError):
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class ModelLoadError(ServingError):
+class QueueTimeoutError(ServingError):
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
+class UnauthenticatedError(ServingError):
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PreconditionError(ServingError):
     status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelLoadError(PreconditionError):
+    """Why a model version is not served. ``str(exc)`` is the short, client-safe reason."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or reason  # for the log: may name paths and library errors
+
+
+class ConfigError(ModelLoadError):
+    """A config.pbtxt (or a load request's config) that cannot be honoured."""

@@ -1,70 +1,125 @@
-"""A served model: its runtime session, its batcher, and the checks a request must pass."""
+"""A served model version: its runtime session, its batcher, its statistics, and the checks a
+request must pass. The loader builds it (``bnserve.server.loader``); the registry finds it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bnserve.proto.tensors import datatype_of
-from bnserve.server.batcher import DynamicBatcher, Tensors
+from bnserve.repository.card import ModelCard
+from bnserve.server.batcher import BatchPolicy, BatchRecord, DynamicBatcher, Tensors
+from bnserve.server.classification import top_k
 from bnserve.server.errors import InvalidInputError
-from bnserve.server.repository import ModelVersion
-from bnserve.server.runtime import OnnxRuntimeSession, TensorSpec
+from bnserve.server.independence import IndependenceResult
+from bnserve.server.model_config import ModelSettings
+from bnserve.server.runtime import TensorSpec
+from bnserve.server.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
 
-PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; tritonclient knows it
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    classification: int | None = None  # top K as "score:index:label" BYTES
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """How a version is served, resolved at load from its graph, config and card."""
+
+    inputs: tuple[TensorSpec, ...]  # full shapes; -1 on the batch axis when max_batch_size > 0
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int  # rows per request and per run; 0: the graph has no batch axis
+    batching: bool  # requests are merged into one run
+    input_formats: dict[str, str] = field(default_factory=dict)  # FORMAT_NONE/NCHW/NHWC
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)  # output -> class labels
+    independence: IndependenceResult | None = None
 
 
 class ServedModel:
     def __init__(
         self,
-        entry: ModelVersion,
-        session: OnnxRuntimeSession,
+        name: str,
+        version: int,
+        directory: Path,
+        session: Any,  # OnnxRuntimeSession or a test's fake: .run(feeds) and .providers
+        plan: ServingPlan,
+        settings: ModelSettings,
         *,
-        max_batch_size: int,
-        max_queue_delay_s: float,
-        max_queue_size: int,
-        observer: Any = None,
+        card: ModelCard | None = None,
+        fingerprint: tuple = (),
+        observer: Callable[[str, BatchRecord], None] | None = None,
     ) -> None:
-        self.name = entry.name
-        self.version = str(entry.version)
-        self.metadata = entry.metadata
+        self.name = name
+        self.version = str(version)
+        self.version_number = version
+        self.directory = directory
         self.session = session
-        self.inputs: list[TensorSpec] = session.inputs
-        self.outputs: list[TensorSpec] = session.outputs
+        self.plan = plan
+        self.settings = settings
+        self.card = card
+        self.fingerprint = fingerprint  # what the files looked like when loaded
+        self.statistics = InferenceStatistics()
+        self.inputs: list[TensorSpec] = list(plan.inputs)
+        self.outputs: list[TensorSpec] = list(plan.outputs)
         self._inputs_by_name = {spec.name: spec for spec in self.inputs}
         self._output_names = {spec.name for spec in self.outputs}
-        # Rows can be merged only if every tensor's first dimension is the free batch axis.
-        self.batchable = all(s.shape[:1] == (-1,) for s in self.inputs + self.outputs)
-        self.max_batch_size = max_batch_size if self.batchable else 1
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{self.name}")
+        self.batchable = plan.max_batch_size > 0
+        self.max_batch_size = plan.max_batch_size
+        self._executor = ThreadPoolExecutor(max_workers=settings.instance_count,
+                                            thread_name_prefix=f"ort-{name}-{version}")
+
+        def observe(record: BatchRecord) -> None:
+            self.statistics.record_run(requests=record.requests, rows=record.rows,
+                                       queue_waits=list(record.queue_waits_s),
+                                       input_s=record.input_s, infer_s=record.run_s,
+                                       output_s=record.output_s)
+            if observer:
+                observer(name, record)
+
         self.batcher = DynamicBatcher(
             session.run,
             executor=self._executor,
-            max_batch_size=self.max_batch_size,
-            max_queue_delay_s=max_queue_delay_s if self.batchable else 0.0,
-            max_queue_size=max_queue_size,
-            name=self.name,
-            observer=(lambda record: observer(self.name, record)) if observer else None,
+            policy=BatchPolicy(
+                max_batch_size=max(plan.max_batch_size, 1),
+                max_queue_delay_s=settings.max_queue_delay_s,
+                max_queue_size=settings.max_queue_size,
+                batching=plan.batching,
+                preferred_batch_sizes=settings.preferred_batch_sizes,
+                queue_timeout_s=settings.queue_timeout_s,
+                instances=settings.instance_count,
+            ),
+            name=f"{name}/{version}",
+            observer=observe,
         )
 
     def start(self) -> None:
         self.batcher.start()
+
+    async def drain(self) -> None:
+        """Finish every request already taken, take no more, release the session's threads."""
+        await self.batcher.drain()
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     async def stop(self) -> None:
         await self.batcher.stop()
         # A run still in progress finishes in its thread; the event loop keeps serving.
         await asyncio.to_thread(self._executor.shutdown, True)
 
-    def prepare(self, inputs: Tensors, output_names: Sequence[str] = ()) -> Tensors:
+    def prepare(self, inputs: Tensors, outputs: Sequence[RequestedOutput] = ()) -> Tensors:
         """The inputs as the runtime takes them; InvalidInputError naming the tensor unless
-        the request fits the graph."""
+        the request fits the model."""
         unknown = sorted(set(inputs) - set(self._inputs_by_name))
         if unknown:
             raise InvalidInputError(
@@ -108,21 +163,45 @@ class ServedModel:
                     f"batch size {batch} is above the limit of {self.max_batch_size} for model "
                     f"{self.name!r}; split the request"
                 )
-        bad_outputs = sorted(set(output_names) - self._output_names)
+        names = [o.name for o in outputs]
+        bad_outputs = sorted(set(names) - self._output_names)
         if bad_outputs:
             raise InvalidInputError(
                 f"model {self.name!r} has no output {bad_outputs[0]!r}; "
                 f"its outputs are {sorted(self._output_names)}"
             )
-        if len(set(output_names)) != len(output_names):
-            raise InvalidInputError(f"outputs {list(output_names)} name an output twice")
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"outputs {names} name an output twice")
         return {name: _runtime_form(array, name) for name, array in inputs.items()}
 
-    async def infer(self, inputs: Tensors, output_names: Sequence[str] = ()) -> Tensors:
-        outputs = await self.batcher.submit(self.prepare(inputs, output_names))
-        if output_names:
-            return {name: outputs[name] for name in output_names}
-        return outputs
+    async def infer(self, inputs: Tensors, outputs: Sequence[RequestedOutput] = ()) -> Tensors:
+        """Answer one request. It is queued before this coroutine first suspends, so a caller
+        that awaits it right after looking the model up is never lost to a version swap."""
+        started = time.perf_counter()
+        ok, rows = False, 0
+        try:
+            prepared = self.prepare(inputs, outputs)
+            first = next(iter(prepared.values()))
+            rows = first.shape[0] if self.batchable and first.ndim else 1
+            answer = await self.batcher.enqueue(prepared)
+            result = self._shape_outputs(answer, outputs)
+            ok = True
+            return result
+        finally:
+            self.statistics.record_request(ok=ok, seconds=time.perf_counter() - started,
+                                           rows=rows)
+
+    def _shape_outputs(self, answer: Tensors, outputs: Sequence[RequestedOutput]) -> Tensors:
+        if not outputs:
+            return answer
+        shaped = {}
+        for output in outputs:
+            array = answer[output.name]
+            if output.classification is not None:
+                array = top_k(array, output.classification, self.plan.labels.get(output.name, ()),
+                              batched=self.batchable, output=output.name)
+            shaped[output.name] = array
+        return shaped
 
     def describe(self) -> dict[str, Any]:
         """Plain-data summary for logs."""
@@ -130,7 +209,10 @@ class ServedModel:
             "name": self.name,
             "version": self.version,
             "providers": self.session.providers,
-            "batchable": self.batchable,
+            "max_batch_size": self.max_batch_size,
+            "batching": self.plan.batching,
+            "instances": self.settings.instance_count,
+            "config": self.settings.source,
             "inputs": [(s.name, s.datatype, list(s.shape)) for s in self.inputs],
             "outputs": [(s.name, s.datatype, list(s.shape)) for s in self.outputs],
         }

@@ -14,30 +14,13 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from bnserve.proto.datatypes import BY_ORT_TYPE
 from bnserve.server.errors import InvalidInputError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-# onnxruntime's element type names -> protocol datatypes.
-_ORT_TO_DATATYPE = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -65,32 +48,38 @@ def select_providers(device: str, available: Sequence[str]) -> list[str]:
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
-    datatype = _ORT_TO_DATATYPE.get(arg.type)
+    datatype = BY_ORT_TYPE.get(arg.type)
     if datatype is None:
-        raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which bnserve cannot serve")
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
-    return TensorSpec(arg.name, datatype, shape)
+        raise ModelLoadError(f"tensor {arg.name[:64]!r} has type {arg.type[:32]}, which bnserve "
+                             "cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape or ())
+    return TensorSpec(arg.name, datatype.name, shape)
 
 
 class OnnxRuntimeSession:
     """One onnxruntime InferenceSession and the metadata derived from its graph."""
 
-    def __init__(self, path: Path, *, device: str = "cpu", intra_op_threads: int = 0) -> None:
+    def __init__(self, path: Path, *, device: str = "cpu", intra_op_threads: int = 0,
+                 inter_op_threads: int = 1) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
-        # One request batch at a time per model: inter-op parallelism only adds contention.
-        options.inter_op_num_threads = 1
+        # Inter-op parallelism helps only graphs with parallel branches; 1 by default, so
+        # concurrent runs (instance_group.count) do not fight over cores.
+        options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = select_providers(device, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+            # Its text names host paths and C++ internals: the log gets it, a client does not.
+            raise ModelLoadError("onnxruntime could not load the graph",
+                                 f"onnxruntime cannot load {path}: {exc}") from exc
         self.providers: list[str] = self._session.get_providers()
         if device == "cuda" and CUDA not in self.providers:
             # onnxruntime falls back to CPU when the CUDA libraries fail to load.
-            raise ModelLoadError(f"device=cuda was asked for, but onnxruntime runs {path.name} "
-                                 f"on {self.providers}; check the CUDA/cuDNN libraries")
+            raise ModelLoadError("device=cuda was asked for, but onnxruntime fell back to the CPU",
+                                 f"onnxruntime runs {path} on {self.providers}; check the "
+                                 "CUDA/cuDNN libraries")
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         log.debug("loaded %s on %s", path, self.providers)

@@ -18,8 +18,36 @@ class ServerSettings(BaseSettings):
 
     repository: Path = Field(
         default=Path("models"),
-        description="Model repository: <repository>/<model>/<version>/model.onnx; "
-        "the highest version of every model is served.",
+        description="Model repository: <repository>/<model>/<version>/model.onnx (+ an "
+        "optional <model>/config.pbtxt); each model serves the versions its version_policy "
+        "selects (default: the highest).",
+    )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        default="none",
+        description="Triton's meanings. none: load every model at start, then never change; "
+        "poll: also re-read the repository every repository_poll_secs and apply new, changed "
+        "and removed models, versions and config files while serving; explicit: load only "
+        "load_model at start, then what RepositoryModelLoad/Unload ask.",
+    )
+    repository_poll_secs: float = Field(
+        default=15.0,
+        gt=0.0,
+        description="Seconds between repository polls in poll mode. A new or changed version "
+        "is loaded once two polls in a row see its files unchanged.",
+    )
+    load_model: list[str] = Field(
+        default_factory=list,
+        description="Explicit mode: the models to load at start (repeat --load-model).",
+    )
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="File holding the token the repository API needs as gRPC metadata "
+        "'authorization: Bearer <token>'.",
+    )
+    allow_unauthenticated_admin: bool = Field(
+        default=False,
+        description="Without admin_token_file, open the repository API to anyone who reaches "
+        "the port (otherwise it answers FAILED_PRECONDITION).",
     )
     host: str = Field(default="0.0.0.0", description="Address to listen on.")
     port: int = Field(
@@ -29,7 +57,7 @@ class ServerSettings(BaseSettings):
         default=64,
         ge=1,
         description="Most rows merged into one onnxruntime run; a single request with more "
-        "rows is refused with INVALID_ARGUMENT.",
+        "rows is refused with INVALID_ARGUMENT. A model's config.pbtxt overrides it.",
     )
     max_queue_delay_ms: float = Field(
         default=1.0,
@@ -71,7 +99,8 @@ class ServerSettings(BaseSettings):
     strict_readiness: bool = Field(
         default=True,
         description="ServerReady (and the gRPC health check) answer not ready while any model "
-        "of the repository was refused at load; false: ready as soon as one model is served.",
+        "the server means to serve has no ready version; false: ready as soon as one model "
+        "is served.",
     )
     tls_certificate: Path | None = Field(
         default=None,

@@ -13,7 +13,9 @@ from bnserve.proto.tensors import (
     encode_raw,
     has_contents,
 )
+from bnserve.repository.layout import PLATFORM
 from bnserve.server.errors import InvalidInputError
+from bnserve.server.model import RequestedOutput, ServedModel
 
 
 def inputs_from_request(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
@@ -55,8 +57,39 @@ def _is_empty_shape(shape) -> bool:
     return any(d == 0 for d in shape)
 
 
-def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
-    return [output.name for output in request.outputs]
+MAX_CLASSIFICATION = 1_000_000
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:
+    """The outputs asked for, each with its classification K when it has one."""
+    outputs = []
+    for output in request.outputs:
+        k = None
+        if "classification" in output.parameters:
+            parameter = output.parameters["classification"]
+            kind = parameter.WhichOneof("parameter_choice")
+            value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+            if value is None or not 1 <= value <= MAX_CLASSIFICATION:
+                raise InvalidInputError(
+                    f"output {_cut(output.name)}: parameter 'classification' must be an integer "
+                    f"from 1 to {MAX_CLASSIFICATION} (the number of top classes)")
+            k = int(value)
+        outputs.append(RequestedOutput(output.name, k))
+    return outputs
+
+
+def metadata_response(model: ServedModel, versions: list[int]) -> pb.ModelMetadataResponse:
+    response = pb.ModelMetadataResponse(name=model.name, versions=[str(v) for v in versions],
+                                        platform=PLATFORM)
+    for spec in model.inputs:
+        response.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+    for spec in model.outputs:
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+    return response
+
+
+def _cut(text: str, limit: int = 128) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def response_from_outputs(

@@ -11,7 +11,7 @@ import pytest
 
 from support.subprocess_server import SubprocessServer
 
-BNSERVE = [sys.executable, "-m", "bnserve.client.cli"]
+BNSERVE = [sys.executable, "-m", "bnserve.cli"]
 
 
 def bnserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

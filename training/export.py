@@ -43,7 +43,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnserve.server.bn_guard import batchnorm_nodes
+from bnserve.repository.graph import batchnorm_nodes
+from bnserve.repository.layout import METADATA_FILE, MODEL_FILE
 from bnserve.training.card import build_model_card
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
@@ -57,8 +58,6 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 OPSET = 18  # the dynamo exporter's native opset; the server's onnxruntime must support it
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
 
 
 class InferenceModel(nn.Module):

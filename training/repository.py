@@ -27,23 +27,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnserve.repository.layout import (
+    MAX_VERSION,
+    STAGING_PREFIX,
+    model_name_problem,
+    parse_version,
+    version_folders,
+)
 from bnserve.training.errors import InvalidVersionError, VersionExistsError
-
-STAGING_PREFIX = ".staging-"
 
 
 def check_model_name(name: str) -> None:
-    """A model name is one plain path component: no separators, not hidden, not '.' or '..'."""
-    if (not name or name.startswith(".") or "/" in name or "\\" in name
-            or name != name.strip()):
-        raise InvalidVersionError(f"invalid model name {name!r}: use a plain folder name")
-
-
-def parse_version(text: str) -> int | None:
-    """The version a folder name stands for (a positive integer, as the server reads it)."""
-    if text.isascii() and text.isdigit() and int(text) > 0:
-        return int(text)
-    return None
+    """A model name is one plain folder name (``bnserve.repository.layout``'s rule)."""
+    problem = model_name_problem(name)
+    if problem:
+        raise InvalidVersionError(f"invalid model name {name[:64]!r}: it {problem}; use a "
+                                  "plain folder name")
 
 
 def list_versions(repository: Path | str, name: str) -> list[int]:
@@ -52,8 +51,7 @@ def list_versions(repository: Path | str, name: str) -> list[int]:
     model_dir = Path(repository) / name
     if not model_dir.is_dir():
         return []
-    versions = (parse_version(p.name) for p in model_dir.iterdir() if p.is_dir())
-    return sorted(v for v in versions if v is not None)
+    return list(version_folders(model_dir).versions)
 
 
 def next_version(repository: Path | str, name: str) -> int:
@@ -63,8 +61,10 @@ def next_version(repository: Path | str, name: str) -> int:
 
 def check_new_version(repository: Path | str, name: str, version: int) -> None:
     """Raise unless ``version`` is a positive integer not yet published for ``name``."""
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidVersionError(f"version must be a positive integer, got {version!r}")
+    if (isinstance(version, bool) or not isinstance(version, int)
+            or parse_version(str(version)) != version):
+        raise InvalidVersionError(f"version must be a positive integer up to {MAX_VERSION}, "
+                                  f"got {version!r}")
     taken = version in list_versions(repository, name)
     if taken or (Path(repository) / name / str(version)).exists():
         raise VersionExistsError(

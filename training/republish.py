@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bnserve.repository.layout import MODEL_FILE
 from bnserve.training.card import sha256_of
 from bnserve.training.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from bnserve.training.errors import RecalibrationError
-from bnserve.training.export import MODEL_FILE, ExportResult, InferenceModel, export_run
+from bnserve.training.export import ExportResult, InferenceModel, export_run
 from bnserve.training.recalibrate import (
     BATCH_SIZE,
     RecalibrationReport,

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from bnserve.server.bn_guard import batchnorm_nodes, is_training_mode
+from bnserve.repository.graph import batchnorm_nodes, is_training_mode
 from bnserve.training.errors import VerificationError
 
 PARITY_ATOL = 1e-5

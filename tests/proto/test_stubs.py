@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 from bnserve.proto import generate
 from bnserve.proto import open_inference_pb2 as pb
+from support import descriptor_dump
 
 
 def test_committed_stubs_are_current(tmp_path):
@@ -45,3 +50,27 @@ def test_wire_names_and_field_numbers_match_the_open_inference_protocol():
     assert numbers(pb.InferParameter) == {
         "bool_param": 1, "int64_param": 2, "string_param": 3, "double_param": 4, "uint64_param": 5,
     }
+
+
+def test_every_message_and_method_we_declare_is_tritons_on_the_wire():
+    """Same names, numbers, types and repetition as tritonclient's own generated code."""
+    done = subprocess.run(
+        [sys.executable, descriptor_dump.__file__, "tritonclient.grpc.service_pb2",
+         "tritonclient.grpc.model_config_pb2"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    triton = json.loads(done.stdout)
+    ours = descriptor_dump.dump(["bnserve.proto.open_inference_pb2",
+                                 "bnserve.proto.model_config_pb2"])
+    assert len(ours["messages"]) >= 40
+    for message, fields in ours["messages"].items():
+        assert message in triton["messages"], f"{message} is not a Triton message"
+        for name, shape in fields.items():
+            assert triton["messages"][message].get(name) == shape, f"{message}.{name}"
+    for enum, values in ours["enums"].items():
+        assert values.items() <= triton["enums"][enum].items(), enum
+    for method, types in ours["methods"].items():
+        assert triton["methods"][method] == types, method
+    extensions = {"ModelConfig", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
+                  "RepositoryModelUnload"}
+    assert {m.rsplit(".", 1)[1] for m in ours["methods"]} >= extensions

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from bnserve.server.batcher import DynamicBatcher
+from bnserve.server.batcher import BatchPolicy, DynamicBatcher
 from bnserve.server.errors import ModelNotReadyError, QueueFullError
 
 
@@ -43,7 +43,9 @@ def executor():
 def make(runtime, executor, **kwargs):
     options = dict(max_batch_size=8, max_queue_delay_s=0.05, max_queue_size=100)
     options.update(kwargs)
-    batcher = DynamicBatcher(runtime, executor=executor, **options)
+    observer = options.pop("observer", None)
+    batcher = DynamicBatcher(runtime, executor=executor, policy=BatchPolicy(**options),
+                             observer=observer)
     batcher.start()
     return batcher
 

@@ -129,7 +129,7 @@ def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path):
             assert entered.wait(10)
             stopping = asyncio.run_coroutine_threadsafe(running.server.stop(grace=15),
                                                         running._loop)  # noqa: SLF001
-            while running.server.manager.accepting:
+            while running.server.registry.accepting:
                 pass  # stop() refuses new calls first thing; wait until it has begun
             with Client(running.address, timeout=5) as late, pytest.raises(ServerUnavailableError):
                 late.infer("linear", {"input": x})

@@ -167,8 +167,11 @@ def test_eval_mode_batchnorm_is_served_and_training_mode_is_refused(stub):
     assert not stub.ModelReady(pb.ModelReadyRequest(name="bn_train")).ready
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelInfer(raw_request("bn_train", x=np.zeros((2, 3), np.float32)))
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "training_mode=1" in info.value.details()
+    # Known to the repository but not served: UNAVAILABLE with the reason, not NOT_FOUND.
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert info.value.details().startswith(
+        "model 'bn_train' is not ready: version 1 failed to load: BatchNormalization node bn0 "
+        "has training_mode=1")
     assert "depend on the other requests" in info.value.details()
 
 

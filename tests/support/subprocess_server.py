@@ -16,7 +16,7 @@ PORT_LINE = re.compile(r"serving \d+ model\(s\) .* on port (\d+)")
 class SubprocessServer:
     def __init__(self, repository: Path, *extra_args: str, env: dict[str, str] | None = None):
         self.args = [
-            sys.executable, "-m", "bnserve.client.cli", "serve",
+            sys.executable, "-m", "bnserve.cli", "serve",
             "--repository", str(repository), "--host", "127.0.0.1", "--port", "0", *extra_args,
         ]
         self.env = {**os.environ, **(env or {})}

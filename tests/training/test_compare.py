@@ -117,7 +117,7 @@ def test_refuses_bad_options_before_training(tmp_path: Path, options: dict) -> N
 
 
 def bnserve(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bnserve.client.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=240)
 
 

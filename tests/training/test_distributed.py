@@ -181,7 +181,7 @@ def test_torchrun_two_ranks_agree_and_the_run_exports(tmp_path: Path) -> None:
 
 def test_bnserve_train_points_at_torchrun(tmp_path: Path) -> None:
     def bnserve(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bnserve.client.cli", *map(str, args)],
+        return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)],
                               capture_output=True, text=True, timeout=60,
                               env=dict(os.environ, **env))
 

@@ -76,7 +76,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
     hashes = file_hashes(source)
 
     cli = subprocess.run(
-        [sys.executable, "-m", "bnserve.client.cli", "--log-level", "WARNING", "recalibrate",
+        [sys.executable, "-m", "bnserve.cli", "--log-level", "WARNING", "recalibrate",
          "--model", "digits", "--data", str(npz), "--repository", str(repository)],
         capture_output=True, text=True, timeout=240,
     )
@@ -246,7 +246,7 @@ def test_data_that_does_not_fit_is_refused(published: Published, tmp_path: Path)
 
     before = sorted(p.name for p in (published.repository / "digits").iterdir())
     cli = subprocess.run(
-        [sys.executable, "-m", "bnserve.client.cli", "recalibrate", "--model", "digits",
+        [sys.executable, "-m", "bnserve.cli", "recalibrate", "--model", "digits",
          "--data", str(tmp_path / "no_x.npz"), "--repository", str(published.repository)],
         capture_output=True, text=True, timeout=120,
     )

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from bnserve.repository.layout import parse_version
 from bnserve.training.errors import InvalidVersionError, VersionExistsError
 from bnserve.training.repository import (
     list_versions,
     next_version,
-    parse_version,
     stage_version,
 )
 
@@ -70,15 +70,18 @@ def test_failure_while_staging_publishes_nothing(tmp_path: Path) -> None:
     assert list_versions(tmp_path, "m") == []
 
 
-def test_only_positive_integer_folders_are_versions(tmp_path: Path) -> None:
-    for name in ("1", "3", "0", "007", "-2", "latest", ".staging-abc"):
+def test_only_plain_decimal_folders_are_versions(tmp_path: Path) -> None:
+    for name in ("1", "3", "0", "007", "-2", "latest", ".staging-abc", "²"):
         (tmp_path / "m" / name).mkdir(parents=True)
     (tmp_path / "m" / "9").write_text("a file, not a version")
-    assert list_versions(tmp_path, "m") == [1, 3, 7]  # "007" is read as 7, like the server does
-    assert next_version(tmp_path, "m") == 8
-    with pytest.raises(VersionExistsError, match="version 7 already exists"):
-        publish(tmp_path, version=7)
-    assert [parse_version(t) for t in ("12", "0", "01", "x", "²")] == [12, None, 1, None, None]
+    assert list_versions(tmp_path, "m") == [1, 3]  # "007" is no version: the server skips it too
+    assert next_version(tmp_path, "m") == 4
+    with pytest.raises(VersionExistsError, match="version 3 already exists"):
+        publish(tmp_path, version=3)
+    names = ("12", "0", "01", "x", "²", "٧", "+7", " 7", "7 ", "9223372036854775807",
+             "9223372036854775808")
+    assert [parse_version(t) for t in names] == [12, None, None, None, None, None, None, None,
+                                                 None, 2**63 - 1, None]
 
 
 @pytest.mark.parametrize("version", [0, -1, True, 1.5])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def bnserve(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bnserve.client.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=240)
 
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bnserve.server.bn_guard import batchnorm_nodes
+from bnserve.repository.graph import batchnorm_nodes
 from bnserve.training.checkpoint import load_checkpoint
 from bnserve.training.config import DEFAULT_DATASETS, BatchNormOptions, ModelSpec, TrainConfig
 from bnserve.training.datasets import Dataset, load_dataset

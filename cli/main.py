@@ -1,8 +1,10 @@
 """The ``bnserve`` command: one entry point, a subcommand per job.
 
 Each package contributes its own subcommands through ``register(subparsers)``; those
-modules import only argparse at the top, so ``bnserve --help`` works with the base
-install, and a subcommand whose extra is missing says which extra to install.
+modules import only the standard library at the top, so ``bnserve --help`` works with the
+base install. A subcommand names the extra it needs (``set_defaults(extra="server")``);
+before its handler runs, the dispatcher checks that extra is installed and otherwise
+says which ``pip install`` brings it, in one line, without a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from bnserve.cli.extras import missing_for
 
 # Modules that contribute subcommands, in the order --help lists them.
 SUBCOMMAND_MODULES = (
@@ -36,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _needs_extra(command: str, extra: str, detail: str) -> int:
+    print(f"bnserve {command}: needs the '{extra}' extra ({detail}): "
+          f"pip install 'bnserve[{extra}]'", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,17 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    extra = getattr(args, "extra", None)
+    if extra:
+        missing = missing_for(extra)
+        if missing:
+            return _needs_extra(args.command, extra, f"{', '.join(missing)} not installed")
     try:
         return int(args.handler(args) or 0)
     except ModuleNotFoundError as exc:
-        extra = getattr(args, "extra", None)
-        if extra and exc.name and exc.name.split(".")[0] in {"torch", "onnxruntime", "onnx",
-                                                            "sklearn", "pydantic_settings"}:
-            print(f"bnserve {args.command}: needs `pip install 'bnserve[{extra}]'` ({exc})",
-                  file=sys.stderr)
-            return 2
+        # The metadata check passed but an import still failed (a broken or partial install).
+        if extra and exc.name and not exc.name.startswith("bnserve"):
+            return _needs_extra(args.command, extra, f"cannot import {exc.name}")
         raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

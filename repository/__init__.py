@@ -1,0 +1,19 @@
+"""The model repository contract: what ``bnserve export`` writes and ``bnserve serve`` reads.
+
+    REPOSITORY/
+      NAME/                       a model: a plain folder name (``layout.model_name_problem``)
+        config.pbtxt              optional: Triton's ModelConfig in protobuf text format
+        1/                        a version: ASCII decimal, positive, no leading zero
+          model.onnx              the graph (external data files beside it, if any)
+          metadata.json           optional: the model card (``card.ModelCard``)
+        2/ ...
+        .staging-XXXX/            a version being written; renamed to its number when whole
+
+- ``layout``: file names, the version-folder rule, the model-name rule, the platform string.
+- ``card``: the model card schema, read and written through one class.
+- ``graph``: walks of an ONNX graph both sides need (BatchNormalization nodes, external
+  data locations, tensor signatures); imports onnx, so only server and training use it.
+
+Both ``bnserve.server`` and ``bnserve.training`` import this package; neither defines any
+of it again.
+"""
