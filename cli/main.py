@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "bnserve.training.cli",
     "bnserve.server.cli",
     "bnserve.client.predict_cli",
+    "bnserve.client.admin_cli",
 )
 
 

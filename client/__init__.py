@@ -11,13 +11,15 @@ from bnserve.client.aio import AsyncClient
 from bnserve.client.errors import (
     BnserveError,
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidRequestError,
     ModelNotFoundError,
     ServerBusyError,
     ServerError,
     ServerUnavailableError,
+    UnauthenticatedError,
 )
-from bnserve.client.messages import ModelMetadata, TensorInfo
+from bnserve.client.messages import ModelMetadata, RepositoryModel, TensorInfo
 from bnserve.client.sync import Client
 
 __all__ = [
@@ -25,11 +27,14 @@ __all__ = [
     "BnserveError",
     "Client",
     "DeadlineExceededError",
+    "FailedPreconditionError",
     "InvalidRequestError",
     "ModelMetadata",
     "ModelNotFoundError",
+    "RepositoryModel",
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
     "TensorInfo",
+    "UnauthenticatedError",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from bnserve.client.messages import ModelMetadata
+from bnserve.client.messages import ModelMetadata, admin_metadata
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "localhost:8001"
@@ -75,6 +75,8 @@ class ClientBase:
     ``timeout``: default seconds per call (None: no deadline); every method takes its own.
     ``tls``: TLS with the system roots; ``root_certificates`` (PEM) trusts a private CA;
     ``private_key`` + ``certificate_chain`` (PEM) present a client certificate (mutual TLS).
+    ``admin_token``: sent as ``authorization: Bearer <token>`` on the repository calls
+    (index, load, unload) only; give one address for those, they change one server.
     ``_grpc`` is ``grpc`` or ``grpc.aio``: both offer the same channel constructors.
     """
 
@@ -90,6 +92,7 @@ class ClientBase:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        admin_token: str | None = None,
     ) -> None:
         config = channel_config(
             address,
@@ -101,6 +104,7 @@ class ClientBase:
         )
         self.addresses = config.addresses
         self.timeout = timeout
+        self._admin = admin_metadata(admin_token)
         self._channels = [
             self._grpc.secure_channel(a, config.credentials, config.options)
             if config.credentials

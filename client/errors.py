@@ -6,6 +6,10 @@
      +-- ServerUnavailableError     UNAVAILABLE: no server reachable, or it is shutting down
      +-- ServerBusyError            RESOURCE_EXHAUSTED: the model's queue is full; retry later
      +-- DeadlineExceededError      DEADLINE_EXCEEDED: the call's timeout passed
+     +-- UnauthenticatedError       UNAUTHENTICATED / PERMISSION_DENIED: an admin call without
+     |                              the right token
+     +-- FailedPreconditionError    FAILED_PRECONDITION: refused in the server's state (load
+     |                              outside explicit mode, a model that failed to load)
      +-- ServerError                INTERNAL and anything else
 
 ``translate_rpc_errors()`` is the one place a ``grpc.RpcError`` becomes one of these; the
@@ -22,11 +26,13 @@ import grpc
 __all__ = [
     "BnserveError",
     "DeadlineExceededError",
+    "FailedPreconditionError",
     "InvalidRequestError",
     "ModelNotFoundError",
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
+    "UnauthenticatedError",
     "translate_rpc_errors",
 ]
 
@@ -58,6 +64,14 @@ class DeadlineExceededError(BnserveError):
     pass
 
 
+class UnauthenticatedError(BnserveError):
+    pass
+
+
+class FailedPreconditionError(BnserveError):
+    pass
+
+
 class ServerError(BnserveError):
     pass
 
@@ -68,6 +82,9 @@ _BY_CODE: dict[grpc.StatusCode, type[BnserveError]] = {
     grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ServerBusyError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: UnauthenticatedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
 }
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 from numpy.typing import ArrayLike
 
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.tensors import datatype_of, decode_contents, decode_raw, dtype_of, encode_raw
 
-__all__ = ["ModelMetadata", "TensorInfo"]
+__all__ = ["ModelMetadata", "RepositoryModel", "TensorInfo"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,35 @@ def predict_chunks(
     step = batch_size or max(len(x), 1)
     chunks = [x[start : start + step] for start in range(0, max(len(x), 1), step)]
     return meta.inputs[0].name, meta.outputs[0].name, chunks
+
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One row of the repository index: a model version and its state."""
+
+    name: str
+    version: str  # "" for a row about the whole model
+    state: str  # READY, LOADING, UNLOADING, UNAVAILABLE
+    reason: str
+
+
+def index_from_response(response: pb.RepositoryIndexResponse) -> list[RepositoryModel]:
+    return [RepositoryModel(m.name, m.version, m.state, m.reason) for m in response.models]
+
+
+def load_request(model: str, config: Mapping[str, Any] | str | None) -> pb.RepositoryModelLoadRequest:
+    """``config``: a ModelConfig as a dict or JSON text, applied instead of config.pbtxt."""
+    request = pb.RepositoryModelLoadRequest(model_name=model)
+    if config is not None:
+        text = config if isinstance(config, str) else json.dumps(dict(config))
+        request.parameters["config"].string_param = text
+    return request
+
+
+def as_dict(message: Any) -> dict[str, Any]:
+    """A response message as plain data, with the .proto's field names."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def admin_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return None if token is None else (("authorization", f"Bearer {token}"),)

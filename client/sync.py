@@ -17,7 +17,11 @@ from bnserve.client.errors import (
 )
 from bnserve.client.messages import (
     ModelMetadata,
+    RepositoryModel,
+    as_dict,
+    index_from_response,
     infer_request,
+    load_request,
     metadata_from_response,
     outputs_from_response,
     predict_chunks,
@@ -50,11 +54,13 @@ class Client(ClientBase):
 
     # -- calls ------------------------------------------------------------------------------
 
-    def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+    def _call(self, method: str, request: Any, timeout: float | None,
+              metadata: Any = None) -> Any:
         with translate_rpc_errors():
             for stub, remaining, last in self._attempts(timeout):
                 try:
-                    return getattr(stub, method)(request, timeout=remaining)
+                    return getattr(stub, method)(request, timeout=remaining,
+                                               metadata=metadata)
                 except grpc.RpcError as exc:
                     # UNAVAILABLE: that server is down or draining; the next one may answer.
                     if exc.code() != grpc.StatusCode.UNAVAILABLE or last:
@@ -127,3 +133,35 @@ class Client(ClientBase):
             )
             parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    # -- Triton's extensions ------------------------------------------------------------------
+
+    def model_config(self, model: str, *, version: str = "",
+                     timeout: float | None = None) -> dict[str, Any]:
+        """The model's effective configuration (Triton's ModelConfig), as plain data."""
+        request = pb.ModelConfigRequest(name=model, version=version)
+        return as_dict((self._call("ModelConfig", request, timeout)).config)
+
+    def statistics(self, model: str = "", *, version: str = "",
+                   timeout: float | None = None) -> list[dict[str, Any]]:
+        """Per-version inference statistics (every model when ``model`` is "")."""
+        request = pb.ModelStatisticsRequest(name=model, version=version)
+        response = self._call("ModelStatistics", request, timeout)
+        return [as_dict(s) for s in response.model_stats]
+
+    def repository_index(self, *, ready: bool = False,
+                         timeout: float | None = None) -> list[RepositoryModel]:
+        """Every model and version the server knows, with its state (needs the admin token)."""
+        request = pb.RepositoryIndexRequest(ready=ready)
+        return index_from_response(self._call("RepositoryIndex", request, timeout, self._admin))
+
+    def load_model(self, model: str, *, config: Mapping[str, Any] | str | None = None,
+                   timeout: float | None = None) -> None:
+        """Load or reload ``model`` (explicit model control); ``config``: a ModelConfig (dict
+        or JSON) used instead of its config.pbtxt. Raises when no version could load."""
+        self._call("RepositoryModelLoad", load_request(model, config), timeout, self._admin)
+
+    def unload_model(self, model: str, *, timeout: float | None = None) -> None:
+        """Stop serving ``model`` once its queued requests are answered (explicit control)."""
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        self._call("RepositoryModelUnload", request, timeout, self._admin)

@@ -261,7 +261,8 @@ class RepositoryController:
                 reason = ("is not selected by the version policy "
                           f"({settings.version_policy.describe()})"
                           if version in snapshot.versions else "was removed from the repository")
-                self._retire(name, version, model, replaced=False, reason=reason)
+                self._retire(name, version, model, replaced=False, reason=reason,
+                             drop=version not in snapshot.versions)
         for version in keep:
             log.warning("model %r: keeping version %d serving while %s", name, version,
                         ", ".join(f"version {v} failed to load" for v in failed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,4 +127,63 @@ def batchnorm_in_local_function(path: Path, channels: int = 3) -> Path:
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
+    return path
+
+
+def batch_mean(path: Path, width: int = 3) -> Path:
+    """x [N, width] -> y = x - mean(x over the batch axis): each row depends on the others."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "mean"], ["y"]),
+        ],
+        "batch_mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+    )
+    return _save(graph, path)
+
+
+def dropout_training(path: Path, width: int = 8) -> Path:
+    """x [N, width] -> Dropout(ratio 0.5, training_mode=True): a random answer every run."""
+    graph = helper.make_graph(
+        [helper.make_node("Dropout", ["x", "ratio", "training"], ["y"])],
+        "dropout_training",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+         numpy_helper.from_array(np.array(True), "training")],
+    )
+    return _save(graph, path)
+
+
+def scaled(path: Path, factor: float, width: int = 2) -> Path:
+    """x [N, width] -> y = factor * x: versions that answer differently, for swap tests."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "factor"], ["y"])],
+        "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(np.array([factor] * width, np.float32), "factor")],
+    )
+    return _save(graph, path)
+
+
+def with_external_weights(path: Path, data_file: str = "weights.bin") -> Path:
+    """linear_softmax with its weights in ``data_file`` (ONNX external data), a location
+    relative to the model's folder that may name any path (even one onnx would refuse)."""
+    linear_softmax(path)
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    if data_file != "weights.bin":
+        model = onnx.load(str(path), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_file
+        target = path.parent / data_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path.parent / "weights.bin", target)
+        path.write_bytes(model.SerializeToString())
     return path
