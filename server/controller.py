@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from bnserve.server.errors import (
     ConfigError,
+    InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
     PreconditionError,
@@ -150,7 +151,10 @@ class RepositoryController:
         self._require_explicit("loading a model")
         self.repository.model_dir(name)  # checks the name first, then NOT_FOUND
         if config_json is not None:
-            settings_from_json(config_json, name, self.settings)  # refuse before any work
+            try:
+                settings_from_json(config_json, name, self.settings)  # refuse before any work
+            except ConfigError as exc:  # the caller's parameter, not the repository's file
+                raise InvalidInputError(str(exc)) from None
             self._overrides[name] = config_json
         else:
             self._overrides.pop(name, None)

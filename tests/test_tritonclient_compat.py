@@ -54,3 +54,50 @@ def test_tritonclient_health_metadata_and_fp32_infer(server, digits_data, tmp_pa
         expected = ours.predict("digits", x)
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
     assert (expected.argmax(axis=1) == labels[:8]).mean() >= 0.75
+
+
+EXTENSIONS_PROBE = Path(__file__).parent / "support" / "triton_extensions_probe.py"
+
+
+def test_tritonclient_drives_config_statistics_repository_and_classification(
+        digits_repository, digits_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "repo"
+    for name in ("digits", "spare"):
+        shutil.copytree(digits_repository / "digits", root / name)
+    (tmp_path / "token").write_text("t0ken\n")
+    settings = ServerSettings(repository=root, model_control_mode="explicit",
+                              load_model=["digits"], admin_token_file=tmp_path / "token")
+    images, labels = digits_data
+    np.save(tmp_path / "x.npy", images[:4])
+    with ServerThread(settings) as server:
+        done = subprocess.run(
+            [sys.executable, str(EXTENSIONS_PROBE), server.address, "t0ken",
+             str(tmp_path / "x.npy")],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["extensions"]) >= {"model_configuration", "model_repository",
+                                         "statistics", "classification"}
+    config = report["config"]
+    assert config["name"] == "digits" and config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32",
+                                "format": "FORMAT_NCHW", "dims": ["1", "8", "8"]}]
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32",
+                                 "dims": ["10"]}]
+    assert "dynamic_batching" in config and config["instance_group"][0]["count"] == 1
+    assert report["index_denied"]["status"] == "StatusCode.UNAUTHENTICATED"
+    index = {(m["name"], m.get("version", "")): m.get("state") for m in report["index"]}
+    assert index[("digits", "1")] == "READY" and index[("spare", "")] == "UNAVAILABLE"
+    assert report["spare_ready"] and not report["spare_ready_after_unload"]
+    assert report["load_unknown"]["status"] == "StatusCode.NOT_FOUND"
+    for row, label in zip(report["top3"], labels[:4], strict=True):
+        score, index_, name = row[0].split(":")
+        assert int(index_) == label and name == str(label) and 0.5 < float(score) <= 1.0
+        assert len(row) == 3
+    stats = {s["version"]: s for s in report["statistics"]}
+    assert int(stats["1"]["inference_count"]) == 4
+    assert int(stats["1"]["inference_stats"]["success"]["count"]) == 1

@@ -1,0 +1,75 @@
+"""With only the base install (the thin client), every subcommand that needs an extra says
+which one, in one line, and none shows a traceback.
+
+The base install is simulated in a subprocess: the server and training distributions are
+reported as not installed and their modules cannot be imported.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+BASE_ONLY = r"""
+import importlib.abc, importlib.metadata as metadata, sys
+MODULES = {"torch", "onnxruntime", "onnx", "onnxscript", "onnx_ir", "sklearn", "pydantic",
+           "pydantic_settings", "grpc_health", "grpc_reflection", "prometheus_client", "tqdm",
+           "matplotlib"}
+DISTRIBUTIONS = {"torch", "onnxruntime", "onnx", "onnxscript", "scikit-learn",
+                 "pydantic-settings", "grpcio-health-checking", "grpcio-reflection",
+                 "prometheus-client", "tqdm", "matplotlib"}
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in MODULES:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+installed = metadata.distribution
+def distribution(name):
+    if name.lower().replace("_", "-") in DISTRIBUTIONS:
+        raise metadata.PackageNotFoundError(name)
+    return installed(name)
+metadata.distribution = distribution
+from bnserve.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def base_only(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", BASE_ONLY, *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("extra", "args"), [
+    ("training", ["train", "--run-dir", "r"]),
+    ("training", ["export", "--run-dir", "r", "--repository", "m", "--name", "n"]),
+    ("training", ["compare", "--out", "o"]),
+    ("training", ["recalibrate", "--model", "m", "--data", "d.npz"]),
+    ("server", ["serve", "--repository", "m"]),
+])
+def test_a_subcommand_that_needs_an_extra_names_it(extra, args, tmp_path):
+    done = base_only(*args)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"pip install 'bnserve[{extra}]'" in lines[0] and args[0] in lines[0]
+
+
+def test_the_client_subcommands_work_with_the_base_install():
+    assert base_only("--help").returncode == 0
+    health = base_only("health", "--address", "127.0.0.1:1", "--timeout", "1")
+    assert health.returncode == 1 and "Traceback" not in health.stderr
+    index = base_only("repository", "index", "--address", "127.0.0.1:1", "--timeout", "1")
+    assert index.returncode == 1 and "Traceback" not in index.stderr
+    assert "UNAVAILABLE" in index.stderr
+
+
+def test_the_thin_client_imports_no_other_bnserve_package():
+    code = ("import sys, bnserve.client, bnserve.client.predict_cli, bnserve.client.admin_cli; "
+            "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('bnserve.')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['client', 'proto']"
