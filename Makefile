@@ -8,7 +8,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8001
 PROTO_OUT := $(VENV)/proto-gen
 
-.PHONY: serve test proto lint bench clean
+.PHONY: serve test proto lint bench perf-analyzer clean
 
 # A stamp per extra set: re-install only when pyproject.toml changes.
 $(BIN)/python:
@@ -43,6 +43,11 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/serve_vs_inprocess.py
+
+# Triton's perf_analyzer against bnserve; it needs Debian's libb64-0d (apt-get install libb64-0d).
+perf-analyzer: $(VENV)/.installed-dev
+	$(BIN)/pip install -q nvidia-cuda-runtime-cu12
+	$(BIN)/python bench/perf_analyzer.py --repository $(REPOSITORY) --model $(MODEL)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

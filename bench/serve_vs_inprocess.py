@@ -13,44 +13,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+from common import free_port, latest_version, model_repository, start_server
 from tqdm import tqdm
 
-PORT_LINE = re.compile(r"on port (\d+)")
-
-
-def start_server(repository: Path, metrics_port: int, delay_ms: float):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
-         "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(metrics_port),
-         "--max-queue-delay-ms", str(delay_ms)],
-        stderr=subprocess.PIPE, text=True,
-    )
-    for line in process.stderr:
-        match = PORT_LINE.search(line)
-        if match:
-            # Keep draining stderr so the server never blocks on a full pipe.
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            return process, int(match.group(1))
-    raise RuntimeError("server did not start")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from bnserve.repository.layout import MODEL_FILE
 
 
 def timed(call, repeats: int, label: str) -> list[float]:
@@ -103,16 +76,9 @@ def main() -> int:
 
     from bnserve.client import Client
 
-    scratch = None
-    if not (args.repository / args.model).is_dir():
-        from bnserve.training.quick import build_digits_repository
-
-        scratch = tempfile.TemporaryDirectory()
-        args.repository = Path(scratch.name)
-        build_digits_repository(args.repository, name=args.model)
-        print(f"no {args.model} model in the repository: trained a quick one in {scratch.name}")
-    version = max(int(p.name) for p in (args.repository / args.model).iterdir() if p.name.isdigit())
-    model_path = args.repository / args.model / str(version) / "model.onnx"
+    args.repository, scratch = model_repository(args.repository, args.model)
+    version = latest_version(args.repository, args.model)
+    model_path = args.repository / args.model / str(version) / MODEL_FILE
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     meta_input = session.get_inputs()[0]
@@ -120,7 +86,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
 
     metrics_port = free_port()
-    process, port = start_server(args.repository, metrics_port, args.delay_ms)
+    process, port = start_server(args.repository, "--metrics-port", str(metrics_port),
+                                 "--max-queue-delay-ms", str(args.delay_ms))
     address = f"127.0.0.1:{port}"
     results = {}
     try:

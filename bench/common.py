@@ -1,0 +1,53 @@
+"""What the benchmarks share: a bnserve server subprocess on 127.0.0.1, a model to serve."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+PORT_LINE = re.compile(r"on port (\d+)")
+
+
+def start_server(repository: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    """``bnserve serve`` on a free port of 127.0.0.1; returns the process and its port."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
+         "--host", "127.0.0.1", "--port", "0", *args],
+        stderr=subprocess.PIPE, text=True,
+    )
+    for line in process.stderr:
+        match = PORT_LINE.search(line)
+        if match:
+            # Keep draining stderr so the server never blocks on a full pipe.
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return process, int(match.group(1))
+    raise RuntimeError("server did not start")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def model_repository(repository: Path, model: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """``repository`` if it holds ``model``; else a temporary one with a quick digits CNN."""
+    if (repository / model).is_dir():
+        return repository, None
+    from bnserve.training.quick import build_digits_repository
+
+    scratch = tempfile.TemporaryDirectory()
+    build_digits_repository(Path(scratch.name), name=model)
+    print(f"no {model} model in {repository}: trained a quick one in {scratch.name}")
+    return Path(scratch.name), scratch
+
+
+def latest_version(repository: Path, model: str) -> int:
+    from bnserve.repository.layout import version_folders
+
+    return max(version_folders(repository / model).versions)
