@@ -82,16 +82,17 @@ def resolve_plan(graph_inputs: list[TensorSpec], graph_outputs: list[TensorSpec]
     """How the version is served: the graph's tensors, specialised and checked by the config."""
     where = settings.source
     free_batch = [s for s in graph_inputs + graph_outputs if s.shape[:1] != (-1,)]
-    if settings.max_batch_size is None:  # no config: batch when the graph allows it
+    if settings.max_batch_size is None:  # not configured: batch when the graph allows it
         max_batch = 0 if free_batch else server.max_batch_size
-        batching = max_batch > 0
     else:
-        max_batch, batching = settings.max_batch_size, settings.dynamic_batching
+        max_batch = settings.max_batch_size
         if max_batch > 0 and free_batch:
             spec = free_batch[0]
             raise ConfigError(f"{where}: max_batch_size is {max_batch}, but {spec.name[:64]!r} has "
                               f"shape {list(spec.shape)[:8]} with no free first (batch) "
                               "dimension; use max_batch_size: 0")
+    batching = (max_batch > 1 if settings.dynamic_batching is None
+                else settings.dynamic_batching and max_batch > 0)
     inputs = _apply(graph_inputs, settings.inputs, "input", max_batch, where, require_all=True)
     outputs = _apply(graph_outputs, settings.outputs, "output", max_batch, where,
                      require_all=False)

@@ -7,14 +7,16 @@ What a ``config.pbtxt`` may say and what bnserve does with it is ``HONOURED`` be
 the README's table). Every other field that is set, whether our .proto declares it or not,
 is named in ``ModelSettings.unhonoured`` and logged once when the model loads; fields that
 would change what a model computes (``sequence_batching``, ``ensemble_scheduling``)
-refuse the model instead. A config.pbtxt without ``dynamic_batching`` means what it means
-in Triton: requests are not merged. Checks against the graph (names, datatypes, dims)
-happen at load, in ``bnserve.server.loader``.
+refuse the model instead. What a config.pbtxt leaves out is filled like Triton's
+auto-complete fills it (``settings_from_config``): a file that only pins a version keeps
+batching. Checks against the graph (names, datatypes, dims) happen at load, in
+``bnserve.server.loader``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ HONOURED = frozenset({
 # bnserve's own switch for a model that fails the batch-independence check at load.
 THREAD_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
 BATCH_DEPENDENT_PARAMETER = "batch_dependent"
+DYNAMIC_BATCHING_PARAMETER = "dynamic_batching"  # "off": never merge this model's requests
 BATCH_DEPENDENT_VALUES = ("refuse", "serve_unbatched")
 # Fields that change what is computed: serving the model without them would be wrong.
 REFUSED = {"sequence_batching": "sequence batching (stateful models)",
@@ -102,8 +105,8 @@ class ModelSettings:
 
     source: str  # "config.pbtxt", "server defaults" or "load request"
     digest: str  # of what it was read from: a change reloads the model
-    max_batch_size: int | None  # None: no config, so derived from the graph at load
-    dynamic_batching: bool
+    max_batch_size: int | None  # None: not configured, so derived from the graph at load
+    dynamic_batching: bool | None  # None: not configured: on when batches can hold 2+ rows
     max_queue_delay_s: float
     preferred_batch_sizes: tuple[int, ...]
     max_queue_size: int
@@ -124,7 +127,7 @@ def default_settings(server: ServerSettings) -> ModelSettings:
         source="server defaults",
         digest="",
         max_batch_size=None,
-        dynamic_batching=True,
+        dynamic_batching=None,
         max_queue_delay_s=server.max_queue_delay_ms / 1000.0,
         preferred_batch_sizes=(),
         max_queue_size=server.max_queue_size,
@@ -161,12 +164,13 @@ def settings_from_text(text: bytes | None, model_name: str, server: ServerSettin
         raise ConfigError(f"{CONFIG_FILE} is not UTF-8 text") from None
     config = mc.ModelConfig()
     try:
-        known, unknown = filter_known_fields(decoded, mc.ModelConfig.DESCRIPTOR)
+        known, unknown, present = filter_known_fields(decoded, mc.ModelConfig.DESCRIPTOR)
         text_format.Parse(known, config)
     except text_format.ParseError as exc:
         raise ConfigError(f"{CONFIG_FILE}: {_short(str(exc))}") from None
     return settings_from_config(config, model_name, server, source=CONFIG_FILE,
-                                digest=hashlib.sha256(text).hexdigest(), unknown=unknown)
+                                digest=hashlib.sha256(text).hexdigest(), unknown=unknown,
+                                present=present)
 
 
 def settings_from_json(text: str, model_name: str, server: ServerSettings) -> ModelSettings:
@@ -174,15 +178,27 @@ def settings_from_json(text: str, model_name: str, server: ServerSettings) -> Mo
     config = mc.ModelConfig()
     try:
         json_format.Parse(text, config)
-    except json_format.ParseError as exc:
+        keys = json.loads(text).keys()
+    except (json_format.ParseError, ValueError, AttributeError) as exc:
         raise ConfigError(f"config parameter: {_short(str(exc))}") from None
+    by_json_name = {f.json_name: f.name for f in mc.ModelConfig.DESCRIPTOR.fields}
+    present = {by_json_name.get(key, key) for key in keys}
     return settings_from_config(config, model_name, server, source="load request",
-                                digest="request:" + hashlib.sha256(text.encode()).hexdigest())
+                                digest="request:" + hashlib.sha256(text.encode()).hexdigest(),
+                                present=present)
 
 
 def settings_from_config(config: mc.ModelConfig, model_name: str, server: ServerSettings, *,
-                         source: str, digest: str, unknown: Iterable[str] = ()) -> ModelSettings:
-    """Check a parsed ModelConfig and turn it into ModelSettings; ConfigError names the field."""
+                         source: str, digest: str, unknown: Iterable[str] = (),
+                         present: set[str]) -> ModelSettings:
+    """Check a parsed ModelConfig and turn it into ModelSettings; ConfigError names the field.
+
+    What the config leaves out is filled as Triton's auto-complete does: no max_batch_size
+    takes the server's (or 0 for a graph without a batch axis), no scheduling turns the
+    dynamic batcher on with the server's delay and queue size when batches can hold more
+    than one row. ``parameters { key: "dynamic_batching" value { string_value: "off" } }``
+    switches merging off for one model.
+    """
     unknown = list(unknown)
     for path in unknown:
         top = path.split(".", 1)[0]
@@ -200,7 +216,7 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
     if config.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size must be 0 (no batch axis) or more")
 
-    batching = config.HasField("dynamic_batching")
+    batching: bool | None = config.HasField("dynamic_batching") or None  # None: auto
     dynamic = config.dynamic_batching
     if batching and config.max_batch_size == 0:
         raise ConfigError(f"{source}: dynamic_batching needs max_batch_size > 0")
@@ -228,6 +244,13 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
                 raise ConfigError(f"{source}: parameters[{_quote(key)}] must be an integer "
                                   "from 0 to 1024")
             threads[key] = int(value)
+        elif key == DYNAMIC_BATCHING_PARAMETER:
+            if value not in ("on", "off"):
+                raise ConfigError(f"{source}: parameters[{_quote(key)}] must be on or off")
+            if value == "off" and config.HasField("dynamic_batching"):
+                raise ConfigError(f"{source}: dynamic_batching is set and parameters"
+                                  f"[{_quote(key)}] says off; keep one")
+            batching = value == "on"
         elif key == BATCH_DEPENDENT_PARAMETER:
             if value not in BATCH_DEPENDENT_VALUES:
                 raise ConfigError(f"{source}: parameters[{_quote(key)}] must be one of "
@@ -241,9 +264,11 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
     return ModelSettings(
         source=source,
         digest=digest,
-        max_batch_size=config.max_batch_size,
+        max_batch_size=config.max_batch_size if "max_batch_size" in present else None,
         dynamic_batching=batching,
-        max_queue_delay_s=dynamic.max_queue_delay_microseconds / 1e6,
+        max_queue_delay_s=(dynamic.max_queue_delay_microseconds / 1e6
+                           if config.HasField("dynamic_batching")
+                           else server.max_queue_delay_ms / 1000.0),
         preferred_batch_sizes=preferred,
         # Triton's 0 means unbounded; bnserve never queues without bound, so 0 is the
         # server's max_queue_size.
@@ -324,6 +349,7 @@ class _Filter:
         self.tokenizer = text_format.Tokenizer(text.splitlines())
         self.unknown: list[str] = []
         self.kept: list[str] = []
+        self.present: set[str] = set()  # top-level fields the text sets
         self._line = 0
 
     def _take(self, keep: bool) -> str:
@@ -354,6 +380,8 @@ class _Filter:
                 name = tok.token
                 field = descriptor.fields_by_name.get(name) if descriptor is not None else None
                 known = keep and field is not None
+                if not prefix:
+                    self.present.add(name)
                 if keep and field is None:
                     self.unknown.append(prefix + name)
                 self._take(known)
@@ -391,11 +419,13 @@ class _Filter:
             self._take(keep)
 
 
-def filter_known_fields(text: str, descriptor) -> tuple[str, list[str]]:
-    """(the text with only the fields ``descriptor`` knows, dotted paths of the others)."""
+def filter_known_fields(text: str, descriptor) -> tuple[str, list[str], set[str]]:
+    """(the text with only the fields ``descriptor`` knows, dotted paths of the others, the
+    names of the top-level fields present: proto3 cannot tell ``max_batch_size: 0`` from
+    no max_batch_size, the text can)."""
     walker = _Filter(text)
     walker.message(descriptor, "", keep=True, end=None)
-    return " ".join(walker.kept), walker.unknown
+    return " ".join(walker.kept), walker.unknown, walker.present
 
 
 def _under(path: str, paths: list[str]) -> bool:

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnserve.repository.graph import batchnorm_nodes
-from bnserve.repository.layout import METADATA_FILE, MODEL_FILE
+from bnserve.repository.layout import CONFIG_FILE, METADATA_FILE, MODEL_FILE
 from bnserve.training.card import build_model_card
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
@@ -407,6 +407,17 @@ def _check_signature(card: dict[str, Any], sample_shape: tuple[int, ...],
             raise ExportError(f"exported graph has {kind}s {got}, expected one like {want}")
 
 
+def serving_note(model_dir: Path, version: int) -> str:
+    """What a running server will do with a newly published version: no surprise replacement."""
+    if (model_dir / CONFIG_FILE).exists():
+        return (f"{model_dir.name}/{CONFIG_FILE}'s version_policy decides whether version "
+                f"{version} serves")
+    return (f"with no {CONFIG_FILE}, a server serves the highest version: version {version} "
+            "replaces the previous one at its next poll (--model-control-mode poll) or restart; "
+            f"to pin a version: echo 'version_policy {{ specific {{ versions: [N] }} }}' > "
+            f"{model_dir / CONFIG_FILE}")
+
+
 def format_summary(result: ExportResult) -> str:
     """A few lines for the terminal: what was verified, what was folded, what was written."""
     r, bn = result.report, result.card["batchnorm"]
@@ -428,6 +439,7 @@ def format_summary(result: ExportResult) -> str:
         f"({result.card['size_bytes'] / 1024:.0f} KiB, sha256 {result.card['sha256'][:12]}...) "
         f"and {METADATA_FILE}",
     ]
+    lines.append("  serving:             " + serving_note(result.path.parent, result.version))
     if result.latency is not None:
         from bnserve.training.latency import format_latency_table
 

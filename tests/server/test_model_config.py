@@ -146,10 +146,25 @@ async def test_without_a_config_the_server_settings_apply(tmp_path):
                 model.batcher.policy.max_queue_size) == (12, True, 0.003, 5)
 
 
-async def test_a_config_without_dynamic_batching_never_merges_requests(tmp_path):
-    model_with(tmp_path, "max_batch_size: 8")  # Triton's meaning: no dynamic batcher
+async def test_what_a_config_leaves_out_is_filled_like_tritons_auto_complete(tmp_path):
+    model_with(tmp_path, "version_policy { latest { num_versions: 1 } }")  # a pin, nothing else
+    async with lifecycle(tmp_path, max_batch_size=12, max_queue_delay_ms=3.0) as (_, registry):
+        model = registry.resolve("m")
+        assert (model.max_batch_size, model.plan.batching,
+                model.batcher.policy.max_queue_delay_s) == (12, True, 0.003)
+    model_with(tmp_path, "max_batch_size: 0")  # said explicitly: no batch axis
     async with lifecycle(tmp_path) as (_, registry):
         model = registry.resolve("m")
+        assert (model.max_batch_size, model.plan.batching) == (0, False)
+        assert model_config(model).input[0].dims == [-1, 2]  # full shapes without a batch axis
+
+
+async def test_dynamic_batching_off_never_merges_requests(tmp_path):
+    model_with(tmp_path, 'max_batch_size: 8 parameters { key: "dynamic_batching" '
+                         'value: { string_value: "off" } }')
+    async with lifecycle(tmp_path) as (_, registry):
+        model = registry.resolve("m")
+        assert not model.plan.batching and "dynamic_batching" not in str(model_config(model))
         gate, entered = hold_runs(model)
         calls = [asyncio.ensure_future(model.infer({"x": X})) for _ in range(4)]
         await asyncio.to_thread(entered.acquire, True, 10)
