@@ -71,7 +71,7 @@ def main() -> int:
     print(done.stdout, end="")
     print(done.stderr, end="", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f"$ {' '.join(command[1:])}\n{done.stdout}")
+    args.out.write_text(f"$ perf_analyzer {' '.join(command[1:])}\n{done.stdout}")
     print(f"wrote {args.out}")
     return done.returncode
 
