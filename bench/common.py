@@ -13,12 +13,16 @@ from pathlib import Path
 PORT_LINE = re.compile(r"on port (\d+)")
 
 
-def start_server(repository: Path, *args: str) -> tuple[subprocess.Popen, int]:
-    """``bnserve serve`` on a free port of 127.0.0.1; returns the process and its port."""
+def start_server(repository: Path, *args: str, env: dict[str, str] | None = None,
+                 module: str = "bnserve.cli") -> tuple[subprocess.Popen, int]:
+    """``bnserve serve`` on a free port of 127.0.0.1; returns the process and its port.
+
+    ``env``/``module``: another build of bnserve (``bench/compare_revisions.py``).
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "bnserve.cli", "serve", "--repository", str(repository),
+        [sys.executable, "-m", module, "serve", "--repository", str(repository),
          "--host", "127.0.0.1", "--port", "0", *args],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env=env,
     )
     for line in process.stderr:
         match = PORT_LINE.search(line)

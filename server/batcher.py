@@ -233,6 +233,9 @@ class DynamicBatcher:
                 self._instances.release()
                 raise
             self._collecting = []
+            if self.policy.instances == 1:
+                await self._run(batch)  # one instance: no task to create per batch
+                continue
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._runs.add(task)
             task.add_done_callback(self._runs.discard)

@@ -59,6 +59,9 @@ class ModelRegistry:
         self._models: dict[str, ModelEntry] = {}
         self._listeners: list[Callable[[], None]] = []
         self._accepting = False
+        # name -> its highest ready version: what a request without a version gets. Derived
+        # from _models on every change (rare), so the request path is one dict lookup.
+        self._latest: dict[str, ServedModel] = {}
 
     # -- writing (the controller) ------------------------------------------------------------
 
@@ -66,6 +69,11 @@ class ModelRegistry:
         self._listeners.append(listener)
 
     def _changed(self) -> None:
+        self._latest = {}
+        for name, entry in self._models.items():
+            ready = [v for v, e in entry.versions.items() if e.state is State.READY]
+            if ready:
+                self._latest[name] = entry.versions[max(ready)].model  # type: ignore[assignment]
         for listener in self._listeners:
             listener()
 
@@ -151,6 +159,10 @@ class ModelRegistry:
 
     def resolve(self, name: str, version: str = "") -> ServedModel:
         """The model that answers a request for ``name`` / ``version`` ("" = highest ready)."""
+        if not version and self._accepting:  # the hot path
+            latest = self._latest.get(name)
+            if latest is not None:
+                return latest
         entry = self._models.get(name)
         if entry is None:
             known = [n for n in sorted(self._models) if self.ready_versions(n)]
@@ -161,9 +173,9 @@ class ModelRegistry:
             raise ModelNotReadyError(f"model {name!r} is not accepting requests (the server is "
                                      "starting or shutting down)")
         if not version:
-            ready = self.ready_versions(name)
-            if ready:
-                return entry.versions[ready[-1]].model  # type: ignore[return-value]
+            latest = self._latest.get(name)
+            if latest is not None:
+                return latest
             raise ModelNotReadyError(f"model {name!r} is not ready: {self.why_not_ready(name)}")
         number = parse_version(version)
         found = entry.versions.get(number) if number is not None else None
