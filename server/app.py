@@ -70,6 +70,7 @@ class InferenceServer:
         self.health = health.aio.HealthServicer()
         self._health_lock = asyncio.Lock()
         self._health_names: set[str] = set()  # model names health has a status for
+        self._publishing: set[asyncio.Task[None]] = set()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
@@ -122,7 +123,9 @@ class InferenceServer:
         )
 
     def _registry_changed(self) -> None:
-        asyncio.get_running_loop().create_task(self._publish_health())
+        task = asyncio.get_running_loop().create_task(self._publish_health())
+        self._publishing.add(task)  # a reference, so the task is not collected mid-run
+        task.add_done_callback(self._publishing.discard)
 
     async def _publish_health(self) -> None:
         """Health statuses from the registry: the server ("" and the inference service) and

@@ -10,14 +10,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from bnserve.client import Client
 from support.subprocess_server import SubprocessServer
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BNSERVE = [sys.executable, "-m", "bnserve.cli", "--log-level", "WARNING"]
@@ -32,14 +31,6 @@ def bnserve(*args: str) -> subprocess.CompletedProcess[str]:
 
 def served_versions(client: Client) -> tuple[str, ...]:
     return client.metadata("digits").versions
-
-
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("the change did not take effect in time")
-        time.sleep(0.1)
 
 
 def test_pin_roll_out_and_roll_back_with_the_readmes_commands(digits_repository, tmp_path):

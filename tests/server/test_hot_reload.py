@@ -7,15 +7,14 @@ to v2's once; then a broken v3 arrives and v2 goes on serving.
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
-import pytest
 
 from bnserve.client import Client
 from bnserve.server.settings import ServerSettings
 from support import onnx_graphs
 from support.server_thread import ServerThread
+from support.waiting import wait_for
 
 X = np.ones((1, 2), np.float32)
 CLIENTS = 4
@@ -52,14 +51,6 @@ class LoadGenerator:
 
     def total(self) -> int:
         return sum(len(a) for a in self.answers)
-
-
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for the repository change to take effect")
-        time.sleep(0.05)
 
 
 def test_versions_swap_under_load_without_a_failed_request(tmp_path):

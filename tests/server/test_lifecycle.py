@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -237,3 +238,27 @@ async def test_load_and_unload_are_refused_outside_explicit_mode(tmp_path):
                 await controller.load("m")
             with pytest.raises(PreconditionError):
                 await controller.unload("m")
+
+
+async def test_a_version_loads_off_the_event_loop_and_serves_only_once_warmed_up(tmp_path):
+    onnx_graphs.scaled(tmp_path / "m" / "1" / "model.onnx", 1.0)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_loader(name, entry, settings, server, observer=None):
+        if entry.version == 2:
+            entered.set()
+            release.wait(10)  # a big model: seconds in its worker thread
+        return load_version(name, entry, settings, server, observer)
+
+    async with lifecycle(tmp_path, loader=slow_loader, **POLL) as (controller, registry):
+        onnx_graphs.scaled(tmp_path / "m" / "2" / "model.onnx", 2.0)
+        await controller.poll_once()
+        polling = asyncio.ensure_future(controller.poll_once())
+        assert await asyncio.to_thread(entered.wait, 10)
+        for _ in range(20):  # the loop keeps serving while version 2 loads
+            assert await answer(registry) == 1.0
+        assert states(registry) == {1: State.READY, 2: State.LOADING}
+        assert not registry.is_ready("m", "2")
+        release.set()
+        await polling
+        assert await answer(registry) == 2.0
