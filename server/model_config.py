@@ -30,6 +30,7 @@ from bnserve.proto import model_config_pb2 as mc
 from bnserve.proto.datatypes import BY_CONFIG_TYPE
 from bnserve.repository.layout import BACKEND, CONFIG_FILE, PLATFORM
 from bnserve.server.errors import ConfigError
+from bnserve.server.pbtxt_fields import filter_known_fields
 from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -335,97 +336,6 @@ def set_field_paths(message: Message, prefix: str = "") -> list[str]:
             for item in (value if descriptor.is_repeated else [value]):
                 paths += set_field_paths(item, path + ".")
     return paths
-
-
-class _Filter:
-    """Walks text-format tokens with the schema in hand: names the fields the schema does not
-    know and keeps the text of the others, so the strict parser reads only known fields.
-
-    (``text_format.Parse(..., allow_unknown_field=True)`` would skip unknown fields without
-    a word, and cannot skip an unknown ``field [ {...} ]`` list, which Triton configs use.)
-    """
-
-    def __init__(self, text: str) -> None:
-        self.tokenizer = text_format.Tokenizer(text.splitlines())
-        self.unknown: list[str] = []
-        self.kept: list[str] = []
-        self.present: set[str] = set()  # top-level fields the text sets
-        self._line = 0
-
-    def _take(self, keep: bool) -> str:
-        token = self.tokenizer.token
-        if keep:
-            line = getattr(self.tokenizer, "_line", self._line)  # keep line numbers for errors
-            if line != self._line:
-                self.kept.append("\n" * (line - self._line))
-                self._line = line
-            self.kept.append(token)
-        self.tokenizer.NextToken()
-        return token
-
-    def message(self, descriptor, prefix: str, keep: bool, end: str | None) -> None:
-        tok = self.tokenizer
-        while not tok.AtEnd():
-            if end is not None and tok.token == end:
-                self._take(keep)
-                return
-            if tok.token == "[":  # an extension or Any: [type.url] { ... }
-                self.unknown.append(prefix + "[extension]") if keep else None
-                while self._take(False) != "]":
-                    pass
-                field, name, known = None, "", False
-            else:
-                if not tok.token or not (tok.token[0].isalpha() or tok.token[0] == "_"):
-                    raise tok.ParseError(f"expected a field name, found {tok.token!r}")
-                name = tok.token
-                field = descriptor.fields_by_name.get(name) if descriptor is not None else None
-                known = keep and field is not None
-                if not prefix:
-                    self.present.add(name)
-                if keep and field is None:
-                    self.unknown.append(prefix + name)
-                self._take(known)
-            child = field.message_type if field is not None else None
-            if tok.token == ":":
-                self._take(known)
-            if tok.token == "[":
-                self._take(known)
-                while tok.token != "]":
-                    self.value(child, prefix + name + ".", known)
-                    if tok.token == ",":
-                        self._take(known)
-                self._take(known)
-            else:
-                self.value(child, prefix + name + ".", known)
-            if tok.token in (",", ";"):
-                self._take(known)
-        if end is not None:
-            raise tok.ParseError(f"missing {end!r}")
-
-    def value(self, descriptor, prefix: str, keep: bool) -> None:
-        tok = self.tokenizer
-        if tok.AtEnd():
-            raise tok.ParseError("a value is missing")
-        for opening, closing in (("{", "}"), ("<", ">")):
-            if tok.token == opening:
-                self._take(keep)
-                self.message(descriptor, prefix, keep, end=closing)
-                return
-        if tok.token == "-":
-            self._take(keep)
-        string = tok.token[:1] in ("'", '"')
-        self._take(keep)
-        while string and tok.token[:1] in ("'", '"'):  # "adjacent" "strings" concatenate
-            self._take(keep)
-
-
-def filter_known_fields(text: str, descriptor) -> tuple[str, list[str], set[str]]:
-    """(the text with only the fields ``descriptor`` knows, dotted paths of the others, the
-    names of the top-level fields present: proto3 cannot tell ``max_batch_size: 0`` from
-    no max_batch_size, the text can)."""
-    walker = _Filter(text)
-    walker.message(descriptor, "", keep=True, end=None)
-    return " ".join(walker.kept), walker.unknown, walker.present
 
 
 def _under(path: str, paths: list[str]) -> bool:
