@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnserve.repository.graph import batchnorm_nodes
-from bnserve.repository.layout import CONFIG_FILE, METADATA_FILE, MODEL_FILE
+from bnserve.repository.layout import CONFIG_FILE, METADATA_FILE, MODEL_FILE, version_folders
 from bnserve.training.card import build_model_card
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
@@ -412,6 +412,10 @@ def serving_note(model_dir: Path, version: int) -> str:
     if (model_dir / CONFIG_FILE).exists():
         return (f"{model_dir.name}/{CONFIG_FILE}'s version_policy decides whether version "
                 f"{version} serves")
+    older = [v for v in version_folders(model_dir).versions if v < version]
+    if not older:
+        return (f"a server loads version {version} at its next poll (--model-control-mode "
+                "poll) or start")
     return (f"with no {CONFIG_FILE}, a server serves the highest version: version {version} "
             "replaces the previous one at its next poll (--model-control-mode poll) or restart; "
             f"to pin a version: echo 'version_policy {{ specific {{ versions: [N] }} }}' > "

@@ -92,6 +92,7 @@ def test_export_report_meets_the_tolerances(exported: ExportResult) -> None:
     assert "onnx.checker:        passed" in summary
     assert "7 layers in PyTorch, 0 BatchNormalization nodes left (7 folded)" in summary
     assert str(exported.path / "model.onnx") in summary
+    assert "serving:             a server loads version 1 at its next poll" in summary
 
 
 def test_versions_grow_and_existing_ones_are_kept(exported: ExportResult,
