@@ -186,7 +186,7 @@ async def test_a_replaced_version_answers_its_queued_requests_before_it_goes(tmp
 
         old.batcher._run_batch = held  # noqa: SLF001
         waiting = [asyncio.ensure_future(old.infer({"x": X})) for _ in range(5)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # each is queued at its first step
         onnx_graphs.scaled(tmp_path / "m" / "2" / "model.onnx", 2.0)
         await controller.poll_once()
         await controller.poll_once()
