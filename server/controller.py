@@ -73,6 +73,7 @@ class RepositoryController:
         self._failures: dict[tuple[str, int], _Failure] = {}
         self._overrides: dict[str, str] = {}  # explicit mode: a load request's config JSON
         self._retiring: set[asyncio.Task[None]] = set()
+        self._kept: dict[str, tuple] = {}  # model -> (kept versions, failed ones) last logged
         self._poller: asyncio.Task[None] | None = None
 
     # -- life of the controller ------------------------------------------------------------------
@@ -267,9 +268,11 @@ class RepositoryController:
                           if version in snapshot.versions else "was removed from the repository")
                 self._retire(name, version, model, replaced=False, reason=reason,
                              drop=version not in snapshot.versions)
-        for version in keep:
-            log.warning("model %r: keeping version %d serving while %s", name, version,
+        if keep and self._kept.get(name) != (tuple(keep), tuple(failed)):  # once, not every poll
+            log.warning("model %r: keeping version(s) %s serving while %s", name,
+                        ", ".join(map(str, keep)),
                         ", ".join(f"version {v} failed to load" for v in failed))
+        self._kept[name] = (tuple(keep), tuple(failed))
         self._describe_idle_versions(name, snapshot, settled, selected, settings)
 
     async def _bring_up(self, name: str, entry: VersionOnDisk, settings: ModelSettings) -> None:
@@ -329,17 +332,18 @@ class RepositoryController:
                     name, version, State.UNAVAILABLE,
                     reason=f"is not selected by the version policy "
                     f"({settings.version_policy.describe()})")
+        policy = settings.version_policy
+        missing = ({v for v in policy.versions if v not in snapshot.versions}
+                   if policy.kind == "specific" else set())
         entry = self.registry.entry(name)
         for version in list(entry.versions if entry else ()):
             found = entry.versions[version]
-            if version not in snapshot.versions and found.model is None:
+            if version not in snapshot.versions and found.model is None and version not in missing:
                 self.registry.drop_version(name, version)
-        if settings.version_policy.kind == "specific":
-            for version in settings.version_policy.versions:
-                if version not in snapshot.versions:
-                    self.registry.set_version(name, version, State.UNAVAILABLE,
-                                              reason="is named by the version policy but is not "
-                                              "in the repository")
+        for version in missing:
+            self.registry.set_version(name, version, State.UNAVAILABLE,
+                                      reason="is named by the version policy but is not in the "
+                                      "repository")
 
     def _serving(self, name: str, version: int) -> ServedModel | None:
         found = self.registry.version_entry(name, version)
