@@ -24,6 +24,12 @@ from __future__ import annotations
 import grpc
 
 
+def quoted(text: str, limit: int = 64) -> str:
+    """A name from a request or a file, quoted for a message, never longer than ``limit``:
+    a client's 1 MB model name must not come back in a status."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 class ServingError(Exception):
     status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 

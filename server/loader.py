@@ -27,7 +27,7 @@ import numpy as np
 from bnserve.repository.card import CardError, ModelCard, read_card
 from bnserve.repository.graph import training_mode_batchnorms
 from bnserve.repository.layout import MODEL_FILE, model_name_problem
-from bnserve.server.errors import ConfigError, ModelLoadError
+from bnserve.server.errors import ConfigError, ModelLoadError, quoted
 from bnserve.server.file_checks import read_checked_graph
 from bnserve.server.independence import PROBE_ROWS, check_batch_independence, probe_inputs
 from bnserve.server.model import ServedModel, ServingPlan
@@ -88,7 +88,7 @@ def resolve_plan(graph_inputs: list[TensorSpec], graph_outputs: list[TensorSpec]
         max_batch = settings.max_batch_size
         if max_batch > 0 and free_batch:
             spec = free_batch[0]
-            raise ConfigError(f"{where}: max_batch_size is {max_batch}, but {spec.name[:64]!r} has "
+            raise ConfigError(f"{where}: max_batch_size is {max_batch}, but {quoted(spec.name)} has "
                               f"shape {list(spec.shape)[:8]} with no free first (batch) "
                               "dimension; use max_batch_size: 0")
     batching = (max_batch > 1 if settings.dynamic_batching is None
@@ -109,14 +109,14 @@ def _apply(graph: list[TensorSpec], declared: tuple[TensorConfig, ...], kind: st
     by_name = {s.name: s for s in graph}
     for config in declared:
         if config.name not in by_name:
-            known = ", ".join(repr(n[:64]) for n in list(by_name)[:10])
-            raise ConfigError(f"{where}: {kind} {config.name[:64]!r} is not an {kind} of the graph "
+            known = ", ".join(quoted(n) for n in list(by_name)[:10])
+            raise ConfigError(f"{where}: {kind} {quoted(config.name)} is not an {kind} of the graph "
                               f"(it has {known})")
     if declared and require_all:
         listed = {c.name for c in declared}
         absent = [n for n in by_name if n not in listed]
         if absent:
-            raise ConfigError(f"{where}: the graph's {kind} {absent[0][:64]!r} is not listed")
+            raise ConfigError(f"{where}: the graph's {kind} {quoted(absent[0])} is not listed")
     configs = {c.name: c for c in declared}
     resolved = []
     for spec in graph:
@@ -125,7 +125,7 @@ def _apply(graph: list[TensorSpec], declared: tuple[TensorConfig, ...], kind: st
             resolved.append(spec)
             continue
         if config.datatype is not None and config.datatype != spec.datatype:
-            raise ConfigError(f"{where}: {kind} {spec.name[:64]!r} is declared {config.datatype}, "
+            raise ConfigError(f"{where}: {kind} {quoted(spec.name)} is declared {config.datatype}, "
                               f"but the graph's is {spec.datatype}")
         graph_dims = spec.shape[1:] if max_batch > 0 else spec.shape
         if config.dims is None:
@@ -135,7 +135,7 @@ def _apply(graph: list[TensorSpec], declared: tuple[TensorConfig, ...], kind: st
             c != -1 and g != -1 and c != g for c, g in zip(config.dims, graph_dims, strict=False)
         ):
             convention = " (without the batch dimension)" if max_batch > 0 else ""
-            raise ConfigError(f"{where}: {kind} {spec.name[:64]!r} has dims {list(config.dims)}, "
+            raise ConfigError(f"{where}: {kind} {quoted(spec.name)} has dims {list(config.dims)}, "
                               f"but the graph's are {list(graph_dims)}{convention}")
         # A config may fix a dimension the graph leaves free; requests must then match it.
         dims = tuple(g if c == -1 else c for c, g in zip(config.dims, graph_dims, strict=True))
@@ -161,19 +161,19 @@ def _labels(outputs: list[TensorSpec], declared: tuple[TensorConfig, ...],
 def _read_labels(model_dir: Path, filename: str) -> tuple[str, ...]:
     problem = model_name_problem(filename)  # one plain file name in the model folder
     if problem:
-        raise ConfigError(f"label_filename {filename[:64]!r} {problem}; it names a file in the "
+        raise ConfigError(f"label_filename {quoted(filename)} {problem}; it names a file in the "
                           "model folder")
     path = model_dir / filename
     if path.is_symlink() or not path.is_file():
-        raise ConfigError(f"label_filename {filename[:64]!r} is not a regular file in the model "
+        raise ConfigError(f"label_filename {quoted(filename)} is not a regular file in the model "
                           "folder")
     if path.stat().st_size > MAX_LABEL_FILE_BYTES:
-        raise ConfigError(f"label_filename {filename[:64]!r} is over "
+        raise ConfigError(f"label_filename {quoted(filename)} is over "
                           f"{MAX_LABEL_FILE_BYTES // (1024 * 1024)} MiB")
     try:
         return tuple(path.read_text("utf-8").splitlines())
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"label_filename {filename[:64]!r} is not readable UTF-8 text",
+        raise ConfigError(f"label_filename {quoted(filename)} is not readable UTF-8 text",
                           f"{path}: {exc}") from None
 
 

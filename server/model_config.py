@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from bnserve.proto import model_config_pb2 as mc
 from bnserve.proto.datatypes import BY_CONFIG_TYPE
 from bnserve.repository.layout import BACKEND, CONFIG_FILE, PLATFORM
-from bnserve.server.errors import ConfigError
+from bnserve.server.errors import ConfigError, quoted
 from bnserve.server.pbtxt_fields import filter_known_fields
 from bnserve.server.settings import ServerSettings
 
@@ -206,13 +206,13 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
         if top in REFUSED:
             raise ConfigError(f"{source}: {top} is set, and bnserve does not serve {REFUSED[top]}")
     if config.name and config.name != model_name:
-        raise ConfigError(f"{source}: name {_quote(config.name)} differs from the model "
-                          f"folder {_quote(model_name)}")
+        raise ConfigError(f"{source}: name {quoted(config.name)} differs from the model "
+                          f"folder {quoted(model_name)}")
     if config.platform not in ("", PLATFORM):
-        raise ConfigError(f"{source}: platform {_quote(config.platform)} is not served; "
+        raise ConfigError(f"{source}: platform {quoted(config.platform)} is not served; "
                           f"bnserve serves {PLATFORM}")
     if config.backend not in ("", BACKEND):
-        raise ConfigError(f"{source}: backend {_quote(config.backend)} is not served; "
+        raise ConfigError(f"{source}: backend {quoted(config.backend)} is not served; "
                           f"bnserve serves {BACKEND}")
     if config.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size must be 0 (no batch axis) or more")
@@ -242,23 +242,23 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
         value = parameter.string_value
         if key in THREAD_PARAMETERS:
             if not value.isascii() or not value.isdigit() or int(value) > 1024:
-                raise ConfigError(f"{source}: parameters[{_quote(key)}] must be an integer "
+                raise ConfigError(f"{source}: parameters[{quoted(key)}] must be an integer "
                                   "from 0 to 1024")
             threads[key] = int(value)
         elif key == DYNAMIC_BATCHING_PARAMETER:
             if value not in ("on", "off"):
-                raise ConfigError(f"{source}: parameters[{_quote(key)}] must be on or off")
+                raise ConfigError(f"{source}: parameters[{quoted(key)}] must be on or off")
             if value == "off" and config.HasField("dynamic_batching"):
                 raise ConfigError(f"{source}: dynamic_batching is set and parameters"
-                                  f"[{_quote(key)}] says off; keep one")
+                                  f"[{quoted(key)}] says off; keep one")
             batching = value == "on"
         elif key == BATCH_DEPENDENT_PARAMETER:
             if value not in BATCH_DEPENDENT_VALUES:
-                raise ConfigError(f"{source}: parameters[{_quote(key)}] must be one of "
+                raise ConfigError(f"{source}: parameters[{quoted(key)}] must be one of "
                                   f"{', '.join(BATCH_DEPENDENT_VALUES)}")
             batch_dependent = value
         else:
-            extra.append(f"parameters[{_quote(key)}]")
+            extra.append(f"parameters[{quoted(key)}]")
 
     unhonoured = [p for p in set_field_paths(config) if p not in HONOURED] + unknown
     unhonoured = [p for p in unhonoured if not _under(p, unhonoured)] + extra
@@ -311,11 +311,11 @@ def _tensor(tensor: mc.ModelInput | mc.ModelOutput, kind: str, source: str) -> T
     if tensor.data_type != mc.TYPE_INVALID:
         found = BY_CONFIG_TYPE.get(mc.DataType.Name(tensor.data_type))
         if found is None:
-            raise ConfigError(f"{source}: {kind} {_quote(tensor.name)} has data_type "
+            raise ConfigError(f"{source}: {kind} {quoted(tensor.name)} has data_type "
                               f"{mc.DataType.Name(tensor.data_type)}, which bnserve cannot serve")
         datatype = found.name
     if any(d < -1 or d == 0 for d in tensor.dims):
-        raise ConfigError(f"{source}: {kind} {_quote(tensor.name)} dims must be positive or -1")
+        raise ConfigError(f"{source}: {kind} {quoted(tensor.name)} dims must be positive or -1")
     label_filename = getattr(tensor, "label_filename", "") or None
     return TensorConfig(
         name=tensor.name,
@@ -343,9 +343,6 @@ def _under(path: str, paths: list[str]) -> bool:
     parts = path.split(".")
     return any(".".join(parts[:i]) in paths for i in range(1, len(parts)))
 
-
-def _quote(text: str, limit: int = 64) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _short(text: str, limit: int = 200) -> str:

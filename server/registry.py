@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bnserve.repository.layout import parse_version
-from bnserve.server.errors import ModelNotFoundError, ModelNotReadyError
+from bnserve.server.errors import ModelNotFoundError, ModelNotReadyError, quoted
 from bnserve.server.model import ServedModel
 
 MAX_LISTED = 10  # model names listed in a NOT_FOUND message
@@ -167,7 +167,7 @@ class ModelRegistry:
         if entry is None:
             known = [n for n in sorted(self._models) if self.ready_versions(n)]
             listed = ", ".join(known[:MAX_LISTED]) + (", ..." if len(known) > MAX_LISTED else "")
-            raise ModelNotFoundError(f"unknown model {_cut(name)}; served models: "
+            raise ModelNotFoundError(f"unknown model {quoted(name, 128)}; served models: "
                                      f"{listed or 'none'}")
         if not self._accepting:
             raise ModelNotReadyError(f"model {name!r} is not accepting requests (the server is "
@@ -181,7 +181,7 @@ class ModelRegistry:
         found = entry.versions.get(number) if number is not None else None
         if found is None:
             ready = ", ".join(map(str, self.ready_versions(name))) or "none"
-            raise ModelNotFoundError(f"model {name!r} has no version {_cut(version)}; ready "
+            raise ModelNotFoundError(f"model {name!r} has no version {quoted(version, 128)}; ready "
                                      f"versions: {ready}")
         if found.state is State.READY:
             return found.model  # type: ignore[return-value]
@@ -219,7 +219,3 @@ def _describe(entry: VersionEntry) -> str:
         return "is ready"
     return entry.reason or "is not available"  # reasons read as predicates: "failed to load: ..."
 
-
-def _cut(text: str, limit: int = 128) -> str:
-    """A client's string quoted for a status message, never longer than ``limit``."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")

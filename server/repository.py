@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnserve.repository.layout import MODEL_FILE, model_name_problem, version_folders
-from bnserve.server.errors import InvalidInputError, ModelNotFoundError
+from bnserve.server.errors import InvalidInputError, ModelNotFoundError, quoted
 from bnserve.server.model_config import read_config_text
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def check_model_name(name: str) -> None:
     """InvalidInputError unless ``name`` is one plain folder name (checked before any I/O)."""
     problem = model_name_problem(name)
     if problem:
-        shown = name if len(name) <= 64 else name[:64] + "..."
-        raise InvalidInputError(f"model name {shown!r} {problem}; a model name is one plain "
+        raise InvalidInputError(f"model name {quoted(name)} {problem}; a model name is one plain "
                                 "folder name")
 
 

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bnserve.proto.datatypes import BY_ORT_TYPE
-from bnserve.server.errors import InvalidInputError, ModelLoadError
+from bnserve.server.errors import InvalidInputError, ModelLoadError, quoted
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def select_providers(device: str, available: Sequence[str]) -> list[str]:
 def _spec(arg: ort.NodeArg) -> TensorSpec:
     datatype = BY_ORT_TYPE.get(arg.type)
     if datatype is None:
-        raise ModelLoadError(f"tensor {arg.name[:64]!r} has type {arg.type[:32]}, which bnserve "
+        raise ModelLoadError(f"tensor {quoted(arg.name)} has type {arg.type[:32]}, which bnserve "
                              "cannot serve")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape or ())
     return TensorSpec(arg.name, datatype.name, shape)

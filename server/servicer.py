@@ -20,7 +20,7 @@ from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 from bnserve.server.admin import AdminGuard
 from bnserve.server.controller import RepositoryController
-from bnserve.server.errors import InvalidInputError, ModelNotFoundError, ServingError
+from bnserve.server.errors import InvalidInputError, ModelNotFoundError, ServingError, quoted
 from bnserve.server.registry import ModelRegistry
 from bnserve.server.repository import check_model_name
 from bnserve.server.triton_wire import (
@@ -120,7 +120,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         if request.name:
             if self._registry.entry(request.name) is None:
-                raise ModelNotFoundError(f"unknown model {request.name[:128]!r}")
+                raise ModelNotFoundError(f"unknown model {quoted(request.name, 128)}")
             if request.version:
                 models = [self._registry.resolve(request.name, request.version)]
             else:
@@ -154,6 +154,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         check_model_name(request.model_name)
         for key in request.parameters:
             if key != "unload_dependents":  # Triton's one; bnserve has no ensembles
-                raise InvalidInputError(f"parameters: {key[:64]!r} is not supported")
+                raise InvalidInputError(f"parameters: {quoted(key)} is not supported")
         await self._controller.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()

@@ -10,7 +10,7 @@ from bnserve.proto import model_config_pb2 as mc
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.datatypes import BY_NAME
 from bnserve.repository.layout import BACKEND, PLATFORM
-from bnserve.server.errors import InvalidInputError
+from bnserve.server.errors import InvalidInputError, quoted
 from bnserve.server.model import ServedModel
 from bnserve.server.registry import IndexRow
 from bnserve.server.runtime import CUDA
@@ -108,8 +108,7 @@ def load_parameters(request: pb.RepositoryModelLoadRequest) -> str | None:
             raise InvalidInputError("parameters: model files cannot be uploaded to bnserve; put "
                                     "them in the repository and load the model by name")
         else:
-            shown = key if len(key) <= 64 else key[:64] + "..."
-            raise InvalidInputError(f"parameters: {shown!r} is not supported; the one load "
+            raise InvalidInputError(f"parameters: {quoted(key)} is not supported; the one load "
                                     "parameter is 'config' (a ModelConfig as JSON text)")
     return config
 

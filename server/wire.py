@@ -14,7 +14,7 @@ from bnserve.proto.tensors import (
     has_contents,
 )
 from bnserve.repository.layout import PLATFORM
-from bnserve.server.errors import InvalidInputError
+from bnserve.server.errors import InvalidInputError, quoted
 from bnserve.server.model import RequestedOutput, ServedModel
 
 
@@ -71,7 +71,7 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:
             value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
             if value is None or not 1 <= value <= MAX_CLASSIFICATION:
                 raise InvalidInputError(
-                    f"output {_cut(output.name)}: parameter 'classification' must be an integer "
+                    f"output {quoted(output.name, 128)}: parameter 'classification' must be an integer "
                     f"from 1 to {MAX_CLASSIFICATION} (the number of top classes)")
             k = int(value)
         outputs.append(RequestedOutput(output.name, k))
@@ -87,9 +87,6 @@ def metadata_response(model: ServedModel, versions: list[int]) -> pb.ModelMetada
         response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
     return response
 
-
-def _cut(text: str, limit: int = 128) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def response_from_outputs(

@@ -44,8 +44,9 @@ async def test_every_honoured_field_reaches_the_served_model(tmp_path):
     model_with(tmp_path, """
         name: "m"
         platform: "onnxruntime_onnx"
+        backend: "onnxruntime"
         max_batch_size: 16
-        input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
+        input [ { name: "x" data_type: TYPE_FP32 format: FORMAT_NHWC dims: [ 2 ] } ]
         output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
         dynamic_batching {
           preferred_batch_size: [ 4, 8 ]
@@ -69,6 +70,7 @@ async def test_every_honoured_field_reaches_the_served_model(tmp_path):
         config = model_config(model)  # what the ModelConfig RPC answers
         assert (config.name, config.platform, config.max_batch_size) == ("m", "onnxruntime_onnx", 16)
         assert list(config.input[0].dims) == [2]  # Triton's convention: no batch dimension
+        assert config.input[0].format == config.input[0].FORMAT_NHWC
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
         assert config.instance_group[0].count == 2
 
@@ -104,6 +106,7 @@ async def test_fields_bnserve_does_not_honour_are_logged_once_by_name(tmp_path, 
     ('output [ { name: "y" data_type: TYPE_FP16 } ]', "output 'y' is declared FP16"),
     ('sequence_batching { }', "sequence_batching is set, and bnserve does not serve sequence"),
     ('platform: "tensorrt_plan"', "platform 'tensorrt_plan' is not served"),
+    ('backend: "python"', "backend 'python' is not served"),
     ('name: "other"', "name 'other' differs from the model folder 'm'"),
     ('max_batch_size: 0 dynamic_batching { }', "dynamic_batching needs max_batch_size > 0"),
     ('max_batch_size: 2 dynamic_batching { preferred_batch_size: [ 4 ] }',
