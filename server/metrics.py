@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from bnserve.server.batcher import BatchRecord
 
 REQUESTS = Counter(
     "bnserve_infer_requests_total", "ModelInfer calls by model and gRPC status", ["model", "code"]
 )
+REJECTED = Counter(
+    "bnserve_rejected_calls_total",
+    "Calls refused before any model saw them, by RPC method and reason (malformed, "
+    "unauthenticated, permission_denied, response_too_large, response_memory, ...)",
+    ["method", "reason"],
+)
+IN_FLIGHT = Gauge("bnserve_inflight_requests", "Inference requests being answered", ["model"])
+QUEUE_DEPTH = Gauge("bnserve_queue_depth", "Requests waiting in a model's queue", ["model"])
 BATCH_ROWS = Histogram(
     "bnserve_batch_rows",
     "Rows per onnxruntime run",
@@ -40,3 +48,8 @@ def observe_batch(model: str, record: BatchRecord) -> None:
 
 def count_request(model: str, code: str) -> None:
     REQUESTS.labels(model, code).inc()
+
+
+def count_rejected(method: str, reason: str) -> None:
+    """``method``: the RPC's short name (ModelInfer); ``reason``: a fixed word, never client text."""
+    REJECTED.labels(method, reason).inc()
