@@ -46,14 +46,24 @@ def dtype_of(datatype: str, *, name: str = "tensor") -> np.dtype:
     except KeyError:
         known = ", ".join(DATATYPES)
         raise TensorCodecError(
-            f"{name}: unsupported datatype {datatype!r}; expected one of {known}"
+            f"{name}: unsupported datatype {datatype[:32]!r}; expected one of {known}"
         ) from None
 
 
+# Far above any model's, low enough that no shape can make numpy (or a message) explode.
+MAX_RANK = 16
+MAX_DIMENSION = 2**31 - 1
+
+
 def check_shape(shape: Sequence[int], *, name: str) -> tuple[int, ...]:
+    if len(shape) > MAX_RANK:
+        raise TensorCodecError(f"{name}: shape has rank {len(shape)}; at most {MAX_RANK}")
     dims = tuple(int(d) for d in shape)
     if any(d < 0 for d in dims):
         raise TensorCodecError(f"{name}: shape {list(dims)} has a negative dimension")
+    if any(d > MAX_DIMENSION for d in dims):
+        raise TensorCodecError(
+            f"{name}: shape {list(dims)} has a dimension above {MAX_DIMENSION}")
     return dims
 
 
@@ -94,25 +104,55 @@ def decode_raw(raw: bytes, datatype: str, shape: Sequence[int], *, name: str) ->
 
 
 def _decode_raw_bytes(raw: bytes, dims: tuple[int, ...], count: int, *, name: str) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    if count and _equal_length_items(raw, count, out):
+        return out.reshape(dims)
     items: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
+    offset, size = 0, len(raw)
+    unpack = struct.Struct("<I").unpack_from
+    while offset < size:
+        if offset + 4 > size:
             raise TensorCodecError(f"{name}: BYTES raw contents end inside a length prefix")
-        (length,) = struct.unpack_from("<I", raw, offset)
+        if len(items) == count:
+            break  # more elements than the shape holds: reported below
+        (length,) = unpack(raw, offset)
         offset += 4
-        if offset + length > len(raw):
+        if offset + length > size:
             raise TensorCodecError(f"{name}: BYTES element {len(items)} runs past the end")
         items.append(bytes(raw[offset : offset + length]))
         offset += length
-    if len(items) != count:
+    if len(items) != count or offset != size:
+        found = f"{len(items)}" if offset == size else f"more than {count}"
         raise TensorCodecError(
-            f"{name}: raw contents hold {len(items)} BYTES elements, shape {list(dims)} "
+            f"{name}: raw contents hold {found} BYTES elements, shape {list(dims)} "
             f"needs {count}"
         )
-    out = np.empty(count, dtype=object)
     out[:] = items
     return out.reshape(dims)
+
+
+def _equal_length_items(raw: bytes, count: int, out: np.ndarray) -> bool:
+    """Fill ``out`` without a Python loop over the prefixes when every element has the
+    length of the first (fixed-width tokens, padded text: the common large case)."""
+    if len(raw) < 4 or len(raw) % count:
+        return False
+    stride = len(raw) // count
+    (length,) = struct.unpack_from("<I", raw, 0)
+    if length != stride - 4:
+        return False
+    table = np.frombuffer(raw, dtype=np.uint8).reshape(count, stride)
+    if not np.all(table[:, :4].copy().view("<u4") == length):
+        return False
+    items = table[:, 4:]
+    for start in range(0, count, _CHUNK_ELEMENTS):  # bytes objects, a chunk at a time
+        part = items[start : start + _CHUNK_ELEMENTS]
+        out[start : start + len(part)] = [row.tobytes() for row in part]
+    return True
+
+
+# Typed contents and BYTES items become numpy a chunk at a time: each step is one short C
+# call, so a worker thread decoding 60 MiB lets the event loop run between chunks.
+_CHUNK_ELEMENTS = 1 << 18
 
 
 # ---- typed contents -----------------------------------------------------------------------
@@ -151,19 +191,29 @@ def decode_contents(
             f"{name}: contents.{field} holds {len(values)} values, shape {list(dims)} "
             f"needs {count}"
         )
-    if datatype == "BYTES":
-        out = np.empty(count, dtype=object)
-        out[:] = list(values)
-        return out.reshape(dims)
+    out = np.empty(count, dtype=object if datatype == "BYTES" else dtype)
+    for start in range(0, count, _CHUNK_ELEMENTS):
+        part = values[start : start + _CHUNK_ELEMENTS]
+        out[start : start + len(part)] = (
+            part if datatype == "BYTES" else _typed_chunk(part, dtype, field, datatype, name))
+    return out.reshape(dims)
+
+
+# Each typed field's values fit these (int_contents is int32, uint64_contents uint64, ...).
+_WIDE = {"f": np.float64, "i": np.int64, "u": np.uint64, "b": np.bool_}
+
+
+def _typed_chunk(part, dtype: np.dtype, field: str, datatype: str, name: str) -> np.ndarray:
+    out_of_range = f"{name}: a value in contents.{field} is out of {datatype} range"
     try:
         # The typed fields are wider than small ints: refuse values that would wrap.
-        wide = np.asarray(values, dtype=np.float64 if dtype.kind == "f" else None)
+        wide = np.asarray(part, dtype=_WIDE[dtype.kind])
         array = wide.astype(dtype)
-        if dtype.kind in "iu" and count and not np.array_equal(array, wide):
-            raise TensorCodecError(f"{name}: a value in contents.{field} is out of {datatype} range")
+        if dtype.kind in "iu" and len(part) and not np.array_equal(array, wide):
+            raise TensorCodecError(out_of_range)
     except OverflowError:
-        raise TensorCodecError(f"{name}: a value in contents.{field} is out of {datatype} range") from None
-    return array.reshape(dims)
+        raise TensorCodecError(out_of_range) from None
+    return array
 
 
 def has_contents(contents: pb.InferTensorContents) -> bool:

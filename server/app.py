@@ -14,9 +14,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bnserve.proto import open_inference_pb2 as pb
-from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 from bnserve.server import metrics
 from bnserve.server.admin import AdminGuard, read_token
+from bnserve.server.codec import Codec
 from bnserve.server.controller import Loader, RepositoryController
 from bnserve.server.loader import load_version
 from bnserve.server.model import ServedModel
@@ -25,6 +25,7 @@ from bnserve.server.repository import ModelRepository
 from bnserve.server.runtime import available_providers, select_providers
 from bnserve.server.servicer import InferenceServicer
 from bnserve.server.settings import ServerSettings
+from bnserve.server.transport import InferenceTransport
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +53,21 @@ class InferenceServer:
                                                loader=loader, observer=metrics.observe_batch)
         token = read_token(settings.admin_token_file) if settings.admin_token_file else None
         admin = AdminGuard(token, allow_unauthenticated=settings.allow_unauthenticated_admin)
-        options = [
-            # grpc enables SO_REUSEPORT by default: a second server on a taken port would
-            # silently share its traffic instead of failing to start.
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-        ]
-        self.grpc_server = grpc.aio.server(options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.registry, self.controller, admin,
-                              server_name=settings.server_name,
-                              server_version=_package_version(),
-                              on_request=metrics.count_request),
-            self.grpc_server,
-        )
+        self.grpc_server = grpc.aio.server(options=channel_options(settings))
+        self.codec = Codec(max_send_bytes=settings.max_message_bytes,
+                           response_memory_bytes=settings.response_memory_bytes)
+        servicer = InferenceServicer(self.registry, self.controller, admin, self.codec,
+                                     server_name=settings.server_name,
+                                     server_version=_package_version(),
+                                     on_request=metrics.count_request)
+        self.grpc_server.add_generic_rpc_handlers((InferenceTransport(
+            servicer, self.codec, on_rejected=metrics.count_rejected).generic_handler(),))
         self.health = health.aio.HealthServicer()
         self._health_lock = asyncio.Lock()
         self._health_names: set[str] = set()  # model names health has a status for
         self._publishing: set[asyncio.Task[None]] = set()
+        self._window_over = asyncio.Event()
+        self.refusing = False  # grpc refuses new calls (the drain window is over)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
@@ -109,6 +106,7 @@ class InferenceServer:
     async def start(self) -> None:
         """Load what the model control mode says, then serve; health follows the registry."""
         await self.controller.start()
+        self._unwatch = metrics.watch_models(self.registry.served)
         self.registry.subscribe(self._registry_changed)
         self.registry.accepting = True
         await self.grpc_server.start()
@@ -133,29 +131,83 @@ class InferenceServer:
         run leaves the current state whatever order the changes came in."""
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, \
             health_pb2.HealthCheckResponse.NOT_SERVING
+        registry = self.registry
         async with self._health_lock:
-            server = serving if self.registry.ready else not_serving
-            for service in ("", SERVICE_NAME):
-                await self.health.set(service, server)
-            names = self.registry.names()
+            # "": liveness (restart me if not); the service name: readiness (send me work).
+            await self.health.set("", serving if registry.live else not_serving)
+            await self.health.set(SERVICE_NAME, serving if registry.ready else not_serving)
+            names = registry.names()
             for name in names:
-                ready = self.registry.accepting and bool(self.registry.ready_versions(name))
+                ready = (registry.accepting and not registry.draining
+                         and bool(registry.ready_versions(name)))
                 await self.health.set(name, serving if ready else not_serving)
             for gone in self._health_names - set(names):  # a model removed from the repository
                 await self.health.set(gone, not_serving)
             self._health_names |= set(names)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain: new calls are refused (UNAVAILABLE) and readiness goes false at once;
-        in-flight calls get ``grace`` seconds to finish."""
-        self.registry.accepting = False
-        await self.health.enter_graceful_shutdown()
+    async def stop(self, grace: float | None = None, *, drain_window: float | None = None
+                   ) -> None:
+        """Drain, in Kubernetes' order: every health status says NOT_SERVING at once while
+        calls are still answered for ``drain_window`` seconds (load balancers move away);
+        then new calls are refused and accepted ones get ``grace`` seconds to finish. A
+        model run still going after that is left to its thread: it does not hold the
+        process (``bnserve serve`` exits without waiting for it)."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        await self.grpc_server.stop(grace)
-        await self.controller.stop()
+        window = self.settings.drain_window_s if drain_window is None else drain_window
+        self.registry.draining = True
+        await self._publish_health()
+        if window > 0 and not self._window_over.is_set():
+            log.info("draining: NOT_SERVING, still answering for %.1fs", window)
+            try:
+                await asyncio.wait_for(self._window_over.wait(), window)
+            except TimeoutError:
+                pass
+        stopping = asyncio.ensure_future(self.grpc_server.stop(grace))
+        await asyncio.sleep(0)  # the task's first step makes grpc refuse new calls
+        self.refusing = True
+        await stopping
+        self.registry.accepting = False
+        try:
+            await asyncio.wait_for(self.controller.stop(), timeout=1.0)
+        except TimeoutError:
+            log.warning("a model run outlived the shutdown grace period; not waiting for it")
+        self.codec.close()
+        self._unwatch()
+
+    def end_drain_window(self) -> None:
+        """Cut the drain window short (a second signal; a test)."""
+        self._window_over.set()
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
+
+
+def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """grpc's HTTP/2 and connection limits (README, "Limits"). grpc core itself pauses
+    reading from a connection that makes it queue too many RST_STREAM acknowledgements
+    (the HTTP/2 rapid-reset pattern), and cancels calls the server has not taken up."""
+    ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+    return [
+        # grpc enables SO_REUSEPORT by default: a second server on a taken port would
+        # silently share its traffic instead of failing to start.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", ms(settings.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.min_client_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", ms(settings.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(settings.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace_s)),
+        # Calls grpc has accepted but the server has not started: bounded, and not kept
+        # waiting long (a flood of new streams is refused rather than queued).
+        ("grpc.server.max_pending_requests", 4 * settings.max_concurrent_streams),
+        ("grpc.server.max_pending_requests_hard_limit", 16 * settings.max_concurrent_streams),
+        ("grpc.server_max_unrequested_time_in_server", 5),
+    ]
 
 
 def build_server(settings: ServerSettings, *, loader: Loader = load_version) -> InferenceServer:

@@ -9,9 +9,11 @@ Requests wait for each other only as long as the delay allows (counted from the 
 one's arrival, Triton's meaning); a batch that reaches a preferred size with nothing more
 queued goes at once. While every instance is busy, new requests pile up in the queue and
 form the next batch. A batch that fails is retried one request at a time, so one bad
-request cannot fail its neighbours. A request that waited longer than ``queue_timeout_s``
-is answered QueueTimeoutError instead of run. With ``batching=False`` every request runs
-alone. ``drain()`` stops taking requests and returns once every taken one is answered.
+request cannot fail its neighbours. A request still queued at its queue timeout
+(``queue_timeout_s``, or its own ``timeout_s``) is answered QueueTimeoutError then, and one
+whose caller gave up (cancel, deadline) leaves the queue at once: neither holds a place.
+With ``batching=False`` every request runs alone. ``drain()`` stops taking requests and
+returns once every taken one is answered.
 """
 
 from __future__ import annotations
@@ -57,11 +59,22 @@ class _Pending:
     enqueued_at: float
     # Requests are merged only when every input agrees on dtype and per-row shape.
     signature: tuple = field(init=False)
+    waiting: bool = True  # in the queue, not yet taken into a batch
+    expiry: asyncio.TimerHandle | None = None  # answers it at its queue timeout
 
     def __post_init__(self) -> None:
         self.signature = tuple(
             (name, array.dtype.str, array.shape[1:]) for name, array in sorted(self.inputs.items())
         )
+
+
+class Ticket:
+    """A reserved place in a batcher's queue (``DynamicBatcher.reserve``); used once."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,8 @@ class BatchPolicy:
     max_queue_size: int  # requests waiting; more are refused
     batching: bool = True  # False: every request runs alone
     preferred_batch_sizes: tuple[int, ...] = ()
-    queue_timeout_s: float | None = None
+    queue_timeout_s: float | None = None  # the model's default_timeout_microseconds
+    allow_timeout_override: bool = False  # a request's timeout may shorten the default
     instances: int = 1  # runs at once
 
 
@@ -96,7 +110,8 @@ class DynamicBatcher:
         self._runs: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
-        self._unanswered = 0  # taken and not yet answered (queued or running)
+        self._unanswered = 0  # taken and not yet answered (reserved, queued or running)
+        self._waiting = 0  # reserved or queued, not cancelled, not yet in a batch
         self._answered_all = asyncio.Event()
         self.runs = 0  # runtime calls made; tests and metrics read it
 
@@ -142,64 +157,141 @@ class DynamicBatcher:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize() + (1 if self._carry else 0)
+        """Requests waiting for a run: the queue-depth gauge and the queue-full limit."""
+        return self._waiting
 
-    def enqueue(self, inputs: Tensors) -> asyncio.Future[Tensors]:
-        """Queue one request (all inputs share the leading batch dimension); its future
-        gets the request's rows of every output. Synchronous: a caller that looked the
-        model up is queued before anything else can run on the loop."""
+    @property
+    def in_flight(self) -> int:
+        """Requests taken and not yet answered: waiting, in a batch or running."""
+        return self._unanswered
+
+    def reserve(self) -> Ticket:
+        """Hold a place for a request that is still being decoded; drain() waits for it."""
+        self._admit()
+        self._unanswered += 1
+        self._waiting += 1
+        return Ticket()
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back a reserved place that will not be used (the request was refused)."""
+        if ticket.open:
+            ticket.open = False
+            self._waiting -= 1
+            self._answered(None)
+
+    def _admit(self) -> None:
         if not self._accepting:
             raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
-        if self.queued >= self.policy.max_queue_size:
+        if self._waiting >= self.policy.max_queue_size:
             raise QueueFullError(
                 f"model {self.name!r} has {self.policy.max_queue_size} requests waiting; "
                 "retry later"
             )
+
+    def enqueue(self, inputs: Tensors, *, ticket: Ticket | None = None,
+                timeout_s: float | None = None) -> asyncio.Future[Tensors]:
+        """Queue one request (all inputs share the leading batch dimension); its future
+        gets the request's rows of every output. Synchronous: a caller that looked the
+        model up is queued before anything else can run on the loop. With a ``ticket``
+        (see reserve) it takes the reserved place, even while draining. A request that
+        is cancelled or reaches its queue timeout leaves the queue at once."""
+        if ticket is None:
+            self._admit()
+            self._unanswered += 1
+            self._waiting += 1
+        elif ticket.open:
+            ticket.open = False
+        else:
+            raise RuntimeError("ticket used twice")
         loop = asyncio.get_running_loop()
         first = next(iter(inputs.values()))
         rows = first.shape[0] if first.ndim else 1
         pending = _Pending(inputs, rows, loop.create_future(), loop.time())
-        self._unanswered += 1
-        pending.future.add_done_callback(self._answered)
+        timeout = self._queue_timeout(timeout_s)
+        if timeout is not None:
+            pending.expiry = loop.call_at(pending.enqueued_at + timeout, self._expire,
+                                          pending, timeout)
+        pending.future.add_done_callback(lambda _f, p=pending: self._settled(p))
         self._queue.put_nowait(pending)
         return pending.future
+
+    def _queue_timeout(self, requested: float | None) -> float | None:
+        """Triton's rule: the model's default, which a request may only shorten when the
+        config allows it; without a default, the request's own."""
+        default = self.policy.queue_timeout_s
+        if requested is None or default is None:
+            return default if requested is None else requested
+        return min(requested, default) if self.policy.allow_timeout_override else default
+
+    def _expire(self, pending: _Pending, timeout: float) -> None:
+        if pending.waiting and not pending.future.done():
+            pending.future.set_exception(QueueTimeoutError(
+                f"request waited over its queue timeout of {timeout * 1e3:g} ms for model "
+                f"{self.name!r}"))
+
+    def _settled(self, pending: _Pending) -> None:
+        if pending.waiting:  # answered while queued: cancelled, expired or stopped
+            self._leave_queue(pending)
+            pending.inputs = {}  # a dead entry stays in the queue; its tensors need not
+        self._answered(None)
+
+    def _leave_queue(self, pending: _Pending) -> None:
+        pending.waiting = False
+        self._waiting -= 1
+        if pending.expiry is not None:
+            pending.expiry.cancel()
 
     async def submit(self, inputs: Tensors) -> Tensors:
         return await self.enqueue(inputs)
 
-    def _answered(self, _future: asyncio.Future) -> None:
+    def _answered(self, _future: asyncio.Future | None) -> None:
         self._unanswered -= 1
         if self._unanswered == 0:
             self._answered_all.set()
+
+    async def _take(self) -> _Pending:
+        """The next live request from the queue (dead entries are skipped)."""
+        while True:
+            pending = await self._queue.get()
+            if pending.waiting:
+                self._leave_queue(pending)
+                return pending
+
+    def _take_nowait(self) -> _Pending | None:
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if pending.waiting:
+                self._leave_queue(pending)
+                return pending
+        return None
 
     def _ready_to_go(self, rows: int) -> bool:
         """A collected batch of ``rows`` goes now rather than waiting for more."""
         preferred = self.policy.preferred_batch_sizes
         if rows >= self.policy.max_batch_size or not self.policy.batching:
             return True
-        if rows in preferred and (rows == preferred[-1] or self._queue.empty()):
+        if rows in preferred and (rows == preferred[-1] or self._waiting == 0):
             return True
         return False
 
     async def _next_batch(self) -> list[_Pending]:
         loop = asyncio.get_running_loop()
-        first = self._carry or await self._queue.get()
+        first = self._carry or await self._take()
         self._carry = None
         # Collected in self._collecting, so stop() can answer them whenever it cancels.
         batch, rows = self._collecting, first.rows
         batch.append(first)
         deadline = first.enqueued_at + self.policy.max_queue_delay_s
         while not self._ready_to_go(rows):
-            if self._queue.empty():
+            pending = self._take_nowait()
+            if pending is None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    pending = await asyncio.wait_for(self._queue.get(), remaining)
+                    pending = await asyncio.wait_for(self._take(), remaining)
                 except TimeoutError:
                     break
-            else:
-                pending = self._queue.get_nowait()
             if rows + pending.rows > self.policy.max_batch_size:
                 self._carry = pending  # opens the next batch
                 break
@@ -207,28 +299,18 @@ class DynamicBatcher:
             rows += pending.rows
         return batch
 
-    def _expired(self, batch: Sequence[_Pending]) -> list[_Pending]:
-        """The live requests of ``batch``; those past the queue timeout are answered so."""
-        timeout = self.policy.queue_timeout_s
-        now = asyncio.get_running_loop().time()
-        live = []
-        for pending in batch:
-            if pending.future.done():  # the caller gave up (deadline, cancel)
-                continue
-            if timeout is not None and now - pending.enqueued_at > timeout:
-                pending.future.set_exception(QueueTimeoutError(
-                    f"request waited over the queue timeout of {timeout * 1e3:g} ms of model "
-                    f"{self.name!r}; retry later"))
-                continue
-            live.append(pending)
-        return live
+    @staticmethod
+    def _live(batch: Sequence[_Pending]) -> list[_Pending]:
+        """The requests of ``batch`` whose callers still wait (a deadline or a cancel may
+        have answered one between its collection and its run)."""
+        return [pending for pending in batch if not pending.future.done()]
 
     async def _loop(self) -> None:
         while True:
             await self._instances.acquire()
             self._collecting = []
             try:
-                batch = self._expired(await self._next_batch())
+                batch = self._live(await self._next_batch())
             except BaseException:
                 self._instances.release()
                 raise

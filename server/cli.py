@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(metadata 'authorization: Bearer <token>')")
     parser.add_argument("--allow-unauthenticated-admin", action="store_true", default=None,
                         help="open the repository API without a token (trusted networks only)")
+    parser.add_argument("--drain-window-s", type=float,
+                        help="on SIGTERM, seconds of NOT_SERVING health while calls are still "
+                        "answered (default: 5)")
     parser.add_argument("--shutdown-grace-s", type=float,
-                        help="on SIGTERM, seconds in-flight calls may finish (default: 5)")
+                        help="after the drain window, seconds accepted calls may take to "
+                        "finish (default: 5)")
     parser.add_argument("--tls-certificate", help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-private-key", help="PEM private key (enables TLS)")
     parser.add_argument(
@@ -57,22 +63,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run, extra="server")
 
 
-async def _serve(settings, port_file: str | None) -> None:
+async def serve_until_signalled(settings, *, port_file: str | None = None,
+                                loader=None) -> bool:
+    """Serve until SIGTERM or SIGINT, then drain (``InferenceServer.stop``). A second signal
+    cuts the drain short: new calls are refused and the process stops within a second.
+    True when the drain ran to its end."""
     from bnserve.server.app import build_server
 
-    server = build_server(settings)
+    server = build_server(settings) if loader is None else build_server(settings, loader=loader)
     await server.start()
     if port_file:
         with open(port_file, "w") as handle:
             handle.write(f"{server.port}\n")
-    stop = asyncio.Event()
+    signals = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("signal received: draining (grace %.1fs)", settings.shutdown_grace_s)
-    await server.stop()
-    log.info("stopped")
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
+    first = await signals.get()
+    log.info("%s received: draining (window %.1fs, then grace %.1fs; signal again to stop "
+             "now)", signal.Signals(first).name, settings.drain_window_s,
+             settings.shutdown_grace_s)
+    draining = asyncio.ensure_future(server.stop())
+    second = asyncio.ensure_future(signals.get())
+    await asyncio.wait({draining, second}, return_when=asyncio.FIRST_COMPLETED)
+    if draining.done():
+        second.cancel()
+        draining.result()
+        log.info("stopped")
+        return True
+    log.warning("second signal: stopping now")
+    server.end_drain_window()
+    try:
+        await asyncio.wait_for(server.grpc_server.stop(0), timeout=0.5)
+    except TimeoutError:
+        pass
+    draining.cancel()
+    return False
+
+
+def _exit_without_waiting_for_runs(code: int) -> int:
+    """A model run that outlived the grace period lives on in an executor thread, which the
+    interpreter would join at exit: leave without it (its answer has no caller anymore)."""
+    stuck = [t for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        log.warning("exiting with %d runtime thread(s) still busy", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     names = ("repository", "host", "port", "max_batch_size", "max_queue_delay_ms",
              "max_queue_size", "device", "intra_op_threads", "metrics_port", "tls_certificate",
              "tls_private_key", "model_control_mode", "repository_poll_secs", "load_model",
-             "admin_token_file", "allow_unauthenticated_admin", "shutdown_grace_s")
+             "admin_token_file", "allow_unauthenticated_admin", "shutdown_grace_s",
+             "drain_window_s")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
         settings = ServerSettings(**overrides)
@@ -96,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
     from bnserve.server.errors import ModelLoadError
 
     try:
-        asyncio.run(_serve(settings, args.port_file))
+        drained = asyncio.run(serve_until_signalled(settings, port_file=args.port_file))
     except (FileNotFoundError, OSError, ValueError, ModelLoadError) as exc:
         # Start-up problems a user can fix (no repository, port taken, half a TLS pair).
         print(f"bnserve serve: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return _exit_without_waiting_for_runs(0 if drained else 1)

@@ -6,7 +6,10 @@
      +-- ModelNotReadyError           UNAVAILABLE: not loaded (yet), failed to load, draining,
      |                                or the server is shutting down
      +-- QueueFullError               RESOURCE_EXHAUSTED: the model's queue is full
-     +-- QueueTimeoutError            UNAVAILABLE: waited in the queue past the model's timeout
+     +-- QueueTimeoutError            DEADLINE_EXCEEDED: still queued at the model's (or the
+     |                                request's) queue timeout
+     +-- ResponseTooLargeError        RESOURCE_EXHAUSTED: the answer exceeds the send limit, or
+     |                                unread answers already hold the server's response memory
      +-- UnauthenticatedError         UNAUTHENTICATED: admin call without the right token
      +-- PreconditionError            FAILED_PRECONDITION: an admin call this server refuses
      |    |                           in its mode (load/unload outside explicit mode, no
@@ -51,7 +54,11 @@ class QueueFullError(ServingError):
 
 
 class QueueTimeoutError(ServingError):
-    status_code = grpc.StatusCode.UNAVAILABLE
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResponseTooLargeError(ServingError):
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class UnauthenticatedError(ServingError):

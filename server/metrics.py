@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from bnserve.server.batcher import BatchRecord
 
@@ -15,8 +19,6 @@ REJECTED = Counter(
     "unauthenticated, permission_denied, response_too_large, response_memory, ...)",
     ["method", "reason"],
 )
-IN_FLIGHT = Gauge("bnserve_inflight_requests", "Inference requests being answered", ["model"])
-QUEUE_DEPTH = Gauge("bnserve_queue_depth", "Requests waiting in a model's queue", ["model"])
 BATCH_ROWS = Histogram(
     "bnserve_batch_rows",
     "Rows per onnxruntime run",
@@ -53,3 +55,52 @@ def count_request(model: str, code: str) -> None:
 def count_rejected(method: str, reason: str) -> None:
     """``method``: the RPC's short name (ModelInfer); ``reason``: a fixed word, never client text."""
     REJECTED.labels(method, reason).inc()
+
+
+class _ModelGauges:
+    """In-flight requests and queue depth per model version, read from the models when
+    Prometheus scrapes (the batchers keep the counts; the request path pays nothing)."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Iterable[Any]]] = []
+
+    def collect(self):
+        in_flight = GaugeMetricFamily(
+            "bnserve_inflight_requests",
+            "Requests a model version has taken and not yet answered (decoding, queued, "
+            "running)", labels=["model", "version"])
+        depth = GaugeMetricFamily(
+            "bnserve_queue_depth", "Requests waiting for a run of a model version",
+            labels=["model", "version"])
+        for source in list(self.sources):
+            for model in _snapshot(source):
+                in_flight.add_metric([model.name, model.version], model.batcher.in_flight)
+                depth.add_metric([model.name, model.version], model.batcher.queued)
+        yield in_flight
+        yield depth
+
+
+def _snapshot(source: Callable[[], Iterable[Any]]) -> list[Any]:
+    # The scrape runs in the HTTP server's thread while the event loop may change the
+    # registry: a read that races a change is simply taken again.
+    for _ in range(3):
+        try:
+            return list(source())
+        except RuntimeError:
+            continue
+    return []
+
+
+MODEL_GAUGES = _ModelGauges()
+REGISTRY.register(MODEL_GAUGES)
+
+
+def watch_models(source: Callable[[], Iterable[Any]]) -> Callable[[], None]:
+    """Report the models ``source`` returns in the gauges; call the result to stop."""
+    MODEL_GAUGES.sources.append(source)
+
+    def unwatch() -> None:
+        if source in MODEL_GAUGES.sources:
+            MODEL_GAUGES.sources.remove(source)
+
+    return unwatch

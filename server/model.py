@@ -4,10 +4,9 @@ request must pass. The loader builds it (``bnserve.server.loader``); the registr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,17 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from bnserve.proto.tensors import datatype_of
+from bnserve.proto.tensors import datatype_of, dtype_of
 from bnserve.repository.card import ModelCard
-from bnserve.server.batcher import BatchPolicy, BatchRecord, DynamicBatcher, Tensors
+from bnserve.server.batcher import BatchPolicy, BatchRecord, DynamicBatcher, Tensors, Ticket
 from bnserve.server.classification import top_k
-from bnserve.server.errors import InvalidInputError
+from bnserve.server.errors import InvalidInputError, quoted
 from bnserve.server.independence import IndependenceResult
 from bnserve.server.model_config import ModelSettings
 from bnserve.server.runtime import TensorSpec
 from bnserve.server.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
+
+
+Header = tuple[str, Sequence[int]]  # a tensor's datatype and shape, before its data
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class ServedModel:
                 batching=plan.batching,
                 preferred_batch_sizes=settings.preferred_batch_sizes,
                 queue_timeout_s=settings.queue_timeout_s,
+                allow_timeout_override=settings.allow_timeout_override,
                 instances=settings.instance_count,
             ),
             name=f"{name}/{version}",
@@ -110,23 +113,27 @@ class ServedModel:
     async def drain(self) -> None:
         """Finish every request already taken, take no more, release the session's threads."""
         await self.batcher.drain()
-        await asyncio.to_thread(self._executor.shutdown, True)
+        self._executor.shutdown(wait=False)  # idle now: its threads exit on their own
 
     async def stop(self) -> None:
+        """Stop now: waiting requests are answered UNAVAILABLE. A run still in progress
+        finishes in its thread, which nothing waits for (a stuck run must not hold up a
+        shutdown)."""
         await self.batcher.stop()
-        # A run still in progress finishes in its thread; the event loop keeps serving.
-        await asyncio.to_thread(self._executor.shutdown, True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def prepare(self, inputs: Tensors, outputs: Sequence[RequestedOutput] = ()) -> Tensors:
-        """The inputs as the runtime takes them; InvalidInputError naming the tensor unless
-        the request fits the model."""
-        unknown = sorted(set(inputs) - set(self._inputs_by_name))
+    def check(self, headers: Mapping[str, Header], outputs: Sequence[RequestedOutput] = ()
+              ) -> int:
+        """The request's rows, from its tensors' datatypes and shapes alone (nothing is
+        decoded yet, so a shape cannot make the server allocate); InvalidInputError naming
+        the tensor unless the request fits the model."""
+        unknown = sorted(set(headers) - set(self._inputs_by_name))
         if unknown:
             raise InvalidInputError(
-                f"model {self.name!r} has no input {unknown[0]!r}; "
+                f"model {quoted(self.name)} has no input {quoted(unknown[0], 128)}; "
                 f"its inputs are {sorted(self._inputs_by_name)}"
             )
-        missing = sorted(set(self._inputs_by_name) - set(inputs))
+        missing = sorted(set(self._inputs_by_name) - set(headers))
         if missing:
             spec = self._inputs_by_name[missing[0]]
             raise InvalidInputError(
@@ -134,24 +141,26 @@ class ServedModel:
                 f"{list(spec.shape)}"
             )
         rows = set()
-        for name, array in inputs.items():
+        for name, (datatype, shape) in headers.items():
             spec = self._inputs_by_name[name]
-            datatype = datatype_of(array.dtype)
             if datatype != spec.datatype:
                 raise InvalidInputError(
                     f"input {name!r}: datatype {datatype} does not match the model's "
                     f"{spec.datatype}"
                 )
-            if array.ndim != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+            if len(shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
             ):
+                shown = list(shape) if len(shape) <= 8 else f"of rank {len(shape)}"
                 raise InvalidInputError(
-                    f"input {name!r}: shape {list(array.shape)} does not fit the model's "
+                    f"input {name!r}: shape {shown} does not fit the model's "
                     f"{list(spec.shape)} (-1 = any size)"
                 )
-            if array.size == 0 and array.ndim:
-                raise InvalidInputError(f"input {name!r}: shape {list(array.shape)} is empty")
-            rows.add(array.shape[0] if array.ndim else 1)
+            # Only the batch axis may be 0 (a zero-row request answers zero rows).
+            if any(d == 0 for d in shape[1 if self.batchable else 0:]):
+                raise InvalidInputError(f"input {name!r}: shape {list(shape)} is empty")
+            rows.add(shape[0] if shape else 1)
+        batch = 1
         if self.batchable:
             if len(rows) > 1:
                 raise InvalidInputError(
@@ -163,33 +172,79 @@ class ServedModel:
                     f"batch size {batch} is above the limit of {self.max_batch_size} for model "
                     f"{self.name!r}; split the request"
                 )
-        names = [o.name for o in outputs]
-        bad_outputs = sorted(set(names) - self._output_names)
-        if bad_outputs:
-            raise InvalidInputError(
-                f"model {self.name!r} has no output {bad_outputs[0]!r}; "
-                f"its outputs are {sorted(self._output_names)}"
-            )
-        if len(set(names)) != len(names):
-            raise InvalidInputError(f"outputs {names} name an output twice")
-        return {name: _runtime_form(array, name) for name, array in inputs.items()}
+        seen: set[str] = set()
+        for output in outputs:
+            if output.name not in self._output_names:
+                raise InvalidInputError(
+                    f"model {self.name!r} has no output {quoted(output.name, 128)}; "
+                    f"its outputs are {sorted(self._output_names)}"
+                )
+            if output.name in seen:
+                raise InvalidInputError(f"outputs name {output.name!r} twice")
+            seen.add(output.name)
+        return batch
 
-    async def infer(self, inputs: Tensors, outputs: Sequence[RequestedOutput] = ()) -> Tensors:
-        """Answer one request. It is queued before this coroutine first suspends, so a caller
-        that awaits it right after looking the model up is never lost to a version swap."""
+    def prepare(self, inputs: Tensors, outputs: Sequence[RequestedOutput] = ()
+                ) -> tuple[Tensors, int]:
+        """The inputs as the runtime takes them, and their rows (see ``check``)."""
+        rows = self.check({name: (datatype_of(array.dtype), array.shape)
+                           for name, array in inputs.items()}, outputs)
+        return {name: _runtime_form(array, name) for name, array in inputs.items()}, rows
+
+    def reserve(self) -> Ticket:
+        """A place in the queue for a request still being decoded (off the event loop): a
+        drain waits for it and a full queue refuses it now, before the work."""
+        return self.batcher.reserve()
+
+    async def infer(self, inputs: Tensors, outputs: Sequence[RequestedOutput] = (), *,
+                    ticket: Ticket | None = None, timeout_s: float | None = None,
+                    prepared: bool = False) -> Tensors:
+        """Answer one request. Without a ``ticket`` it is queued before this coroutine first
+        suspends, so a caller that awaits it right after looking the model up is never lost
+        to a version swap; with one, its reserved place is used. ``timeout_s``: the
+        request's own queue timeout (Triton's ``timeout`` parameter). ``prepared``: the
+        inputs come from ``prepare`` already (done off the event loop for large ones)."""
         started = time.perf_counter()
         ok, rows = False, 0
         try:
-            prepared = self.prepare(inputs, outputs)
-            first = next(iter(prepared.values()))
-            rows = first.shape[0] if self.batchable and first.ndim else 1
-            answer = await self.batcher.enqueue(prepared)
-            result = self._shape_outputs(answer, outputs)
+            try:
+                if prepared:
+                    runtime_inputs = inputs
+                    rows = self.check({n: (datatype_of(a.dtype), a.shape)
+                                       for n, a in inputs.items()}, outputs)
+                else:
+                    runtime_inputs, rows = self.prepare(inputs, outputs)
+            except BaseException:
+                if ticket is not None:
+                    self.batcher.release(ticket)
+                raise
+            if rows == 0 and self.batchable:
+                if ticket is not None:
+                    self.batcher.release(ticket)
+                result = self._empty_outputs(outputs)
+            else:
+                answer = await self.batcher.enqueue(runtime_inputs, ticket=ticket,
+                                                    timeout_s=timeout_s)
+                result = self._shape_outputs(answer, outputs)
             ok = True
             return result
         finally:
             self.statistics.record_request(ok=ok, seconds=time.perf_counter() - started,
                                            rows=rows)
+
+    def _empty_outputs(self, outputs: Sequence[RequestedOutput]) -> Tensors:
+        """A zero-row request's answer, as Triton gives it: every output with 0 rows."""
+        wanted = outputs or [RequestedOutput(spec.name) for spec in self.outputs]
+        specs = {spec.name: spec for spec in self.outputs}
+        empty = {}
+        for output in wanted:
+            spec = specs[output.name]
+            if output.classification is not None:
+                empty[output.name] = np.empty((0, output.classification), dtype=object)
+            else:
+                tail = [max(d, 0) for d in spec.shape[1:]]
+                empty[output.name] = np.empty((0, *tail), dtype=dtype_of(spec.datatype))
+        return empty
 
     def _shape_outputs(self, answer: Tensors, outputs: Sequence[RequestedOutput]) -> Tensors:
         if not outputs:

@@ -47,6 +47,7 @@ HONOURED = frozenset({
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.default_timeout_microseconds",
     "dynamic_batching.default_queue_policy.timeout_action",  # REJECT; DELAY is reported
+    "dynamic_batching.default_queue_policy.allow_timeout_override",
     "instance_group", "instance_group.count", "instance_group.name", "instance_group.kind",
     "version_policy", "version_policy.latest", "version_policy.latest.num_versions",
     "version_policy.all", "version_policy.specific", "version_policy.specific.versions",
@@ -112,6 +113,7 @@ class ModelSettings:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_size: int
     queue_timeout_s: float | None  # reject requests queued longer; None: no limit
+    allow_timeout_override: bool  # a request's `timeout` parameter may shorten it
     instance_count: int  # concurrent onnxruntime runs
     intra_op_threads: int
     inter_op_threads: int
@@ -133,6 +135,7 @@ def default_settings(server: ServerSettings) -> ModelSettings:
         preferred_batch_sizes=(),
         max_queue_size=server.max_queue_size,
         queue_timeout_s=None,
+        allow_timeout_override=False,
         instance_count=1,
         intra_op_threads=server.intra_op_threads,
         inter_op_threads=1,
@@ -276,6 +279,7 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
         max_queue_size=queue.max_queue_size or server.max_queue_size,
         queue_timeout_s=(queue.default_timeout_microseconds / 1e6
                          if queue.default_timeout_microseconds else None),
+        allow_timeout_override=queue.allow_timeout_override,
         instance_count=count,
         intra_op_threads=threads.get("intra_op_thread_count", server.intra_op_threads),
         inter_op_threads=threads.get("inter_op_thread_count", 1),

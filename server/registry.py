@@ -59,6 +59,7 @@ class ModelRegistry:
         self._models: dict[str, ModelEntry] = {}
         self._listeners: list[Callable[[], None]] = []
         self._accepting = False
+        self._draining = False
         # name -> its highest ready version: what a request without a version gets. Derived
         # from _models on every change (rare), so the request path is one dict lookup.
         self._latest: dict[str, ServedModel] = {}
@@ -85,6 +86,21 @@ class ModelRegistry:
     def accepting(self, value: bool) -> None:
         self._accepting = value
         self._changed()
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: requests are still answered, but the server reports neither live
+        nor ready, so that load balancers move away before it stops accepting."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        self._changed()
+
+    @property
+    def live(self) -> bool:
+        return not self._draining
 
     def set_model(self, name: str, *, wanted: bool | None = None, reason: str | None = None) -> None:
         entry = self._models.get(name)
@@ -141,7 +157,7 @@ class ModelRegistry:
     def ready(self) -> bool:
         """Accepting, with at least one ready version; with strict readiness also every model
         the server means to serve has one, so a broken rollout never looks healthy."""
-        if not self._accepting:
+        if not self._accepting or self._draining:
             return False
         ready = {name for name in self._models if self.ready_versions(name)}
         if not ready:

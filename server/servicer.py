@@ -1,26 +1,25 @@
-"""The Open Inference Protocol servicer (and Triton's extensions): protobuf in, plain Python
-core, protobuf out.
+"""The Open Inference Protocol servicer (and Triton's extensions): parsed requests in, plain
+Python core, messages out.
 
-Every handler is wrapped by ``_handled``, the one place where domain errors become gRPC
-statuses and anything unexpected becomes INTERNAL "internal error" (logged with its
-traceback, never sent to the client). The registry answers lookups, the controller changes
-what is served, the admin guard decides who may change it.
+``bnserve.server.transport`` parses each call's bytes (with ``bnserve.server.codec``) and
+maps errors to statuses; the methods here raise ``ServingError`` and never see gRPC's
+status codes. The registry answers lookups, the controller changes what is served, the
+admin guard decides who may change it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 from collections.abc import Callable
 
 import grpc
 
 from bnserve.proto import open_inference_pb2 as pb
-from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 from bnserve.server.admin import AdminGuard
+from bnserve.server.codec import Codec, InferCall
 from bnserve.server.controller import RepositoryController
 from bnserve.server.errors import InvalidInputError, ModelNotFoundError, ServingError, quoted
+from bnserve.server.model import ServedModel
 from bnserve.server.registry import ModelRegistry
 from bnserve.server.repository import check_model_name
 from bnserve.server.triton_wire import (
@@ -32,39 +31,20 @@ from bnserve.server.triton_wire import (
     repository_index,
 )
 from bnserve.server.wire import (
-    inputs_from_request,
+    decode_inputs,
+    input_headers,
     metadata_response,
+    request_timeout,
     requested_outputs,
-    response_from_outputs,
 )
 
-log = logging.getLogger(__name__)
 
-MAX_STATUS_CHARS = 1024  # a status message is a sentence, never a dump
-
-
-def _handled(method):
-    @functools.wraps(method)
-    async def handler(self, request, context):
-        try:
-            return await method(self, request, context)
-        except ServingError as exc:
-            message = str(exc)
-            if len(message) > MAX_STATUS_CHARS:
-                message = message[:MAX_STATUS_CHARS] + "..."
-            await context.abort(exc.status_code, message)
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-    return handler
-
-
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     def __init__(self, registry: ModelRegistry, controller: RepositoryController,
-                 admin: AdminGuard, *, server_name: str, server_version: str,
+                 admin: AdminGuard, codec: Codec, *, server_name: str, server_version: str,
                  on_request: Callable[[str, str], None] | None = None) -> None:
         self._registry = registry
+        self._codec = codec
         self._controller = controller
         self._admin = admin
         self._server_name = server_name
@@ -72,7 +52,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._on_request = on_request or (lambda model, code: None)
 
     async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self._registry.live)
 
     async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self._registry.ready)
@@ -84,26 +64,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name=self._server_name, version=self._server_version,
                                          extensions=EXTENSIONS)
 
-    @_handled
     async def ModelMetadata(self, request, context):
         model = self._registry.resolve(request.name, request.version)
         return metadata_response(model, self._registry.ready_versions(model.name))
 
-    @_handled
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(self, call: InferCall, context: grpc.aio.ServicerContext) -> bytes:
         label, code = "_unknown", "OK"  # never a metric label per unknown name a client sends
         try:
-            # Look-up, decode and enqueue with no await between them: a version swap cannot
-            # slip in and leave the request with a model that stopped taking work.
-            model = self._registry.resolve(request.model_name, request.model_version)
+            model = self._registry.resolve(call.request.model_name, call.request.model_version)
             label = model.name
-            outputs = await model.infer(inputs_from_request(request), requested_outputs(request))
-            return response_from_outputs(request, model.name, model.version, outputs)
+            outputs = await self.infer(model, call)
+            return await self._codec.encode_infer(call.request.id, model.name, model.version,
+                                                  outputs)
         except ServingError as exc:
             code = exc.status_code.name
             raise
         except asyncio.CancelledError:  # the client went away or its deadline passed
-            code = "CANCELLED"
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
             raise
         except Exception:
             code = "INTERNAL"
@@ -111,12 +89,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self._on_request(label, code)
 
-    @_handled
+    async def infer(self, model: ServedModel, call: InferCall) -> dict:
+        """One request's outputs; unary calls and stream items both come here. Everything
+        is checked against the model before any tensor is decoded."""
+        request = call.request
+        outputs = requested_outputs(request)
+        model.check(input_headers(request, call.raw), outputs)
+        timeout_s = request_timeout(request)
+        if not call.large:
+            # Look-up, decode and enqueue with no await between them: a version swap
+            # cannot slip in and leave the request with a model that stopped taking work.
+            return await model.infer(decode_inputs(request, call.raw), outputs,
+                                     timeout_s=timeout_s)
+        ticket = model.reserve()  # the model waits for this request while it decodes
+        try:
+            inputs, _ = await self._codec.off_loop(
+                lambda: model.prepare(decode_inputs(request, call.raw), outputs))
+        except BaseException:
+            model.batcher.release(ticket)
+            raise
+        return await model.infer(inputs, outputs, ticket=ticket, timeout_s=timeout_s,
+                                 prepared=True)
+
     async def ModelConfig(self, request, context):
         model = self._registry.resolve(request.name, request.version)
         return pb.ModelConfigResponse(config=model_config(model))
 
-    @_handled
     async def ModelStatistics(self, request, context):
         if request.name:
             if self._registry.entry(request.name) is None:
@@ -133,13 +131,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                       for v in self._registry.ready_versions(name)]
         return pb.ModelStatisticsResponse(model_stats=[model_statistics(m) for m in models])
 
-    @_handled
     async def RepositoryIndex(self, request, context):
         self._admin.check(context.invocation_metadata())
         check_repository_name(request.repository_name)
         return repository_index(self._controller.index(), ready_only=request.ready)
 
-    @_handled
     async def RepositoryModelLoad(self, request, context):
         self._admin.check(context.invocation_metadata())
         check_repository_name(request.repository_name)
@@ -147,7 +143,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._controller.load(request.model_name, load_parameters(request))
         return pb.RepositoryModelLoadResponse()
 
-    @_handled
     async def RepositoryModelUnload(self, request, context):
         self._admin.check(context.invocation_metadata())
         check_repository_name(request.repository_name)

@@ -88,7 +88,61 @@ class ServerSettings(BaseSettings):
         description="Largest gRPC message accepted or sent.",
     )
     shutdown_grace_s: float = Field(
-        default=5.0, ge=0.0, description="On SIGTERM, how long in-flight calls may finish."
+        default=5.0,
+        ge=0.0,
+        description="After the drain window, how long accepted calls (queued or running) "
+        "may take to finish while new ones are refused; then the process exits.",
+    )
+    drain_window_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="On SIGTERM, how long the server keeps answering new calls while every "
+        "health status already says NOT_SERVING, so that load balancers and Kubernetes "
+        "endpoints move traffic away first (the window a preStop hook would give). A second "
+        "SIGTERM or SIGINT stops at once.",
+    )
+    response_memory_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of large answers (over 1 MiB each) held for clients that have "
+        "not read them yet; further answers get RESOURCE_EXHAUSTED until those are read or "
+        "their calls end (deadline, disconnect, connection age).",
+    )
+    max_concurrent_streams: int = Field(
+        default=128,
+        ge=1,
+        description="HTTP/2 streams (calls) one connection may have open at once.",
+    )
+    keepalive_time_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="The server pings an idle connection this often to find dead peers.",
+    )
+    keepalive_timeout_s: float = Field(
+        default=20.0, gt=0.0, description="A ping unanswered this long closes the connection."
+    )
+    min_client_ping_interval_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="Clients pinging more often than this (keepalive enforcement) get GOAWAY "
+        "after two strikes.",
+    )
+    max_connection_idle_s: float = Field(
+        default=900.0,
+        gt=0.0,
+        description="A connection with no call for this long is closed (GOAWAY).",
+    )
+    max_connection_age_s: float = Field(
+        default=1800.0,
+        gt=0.0,
+        description="Connections are asked to reconnect after this long (GOAWAY), which also "
+        "rebalances clients over replicas and bounds in time what a stalled client holds.",
+    )
+    max_connection_age_grace_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="After max_connection_age_s, how long calls on the old connection may "
+        "finish before it is closed.",
     )
     metrics_port: int | None = Field(
         default=None,

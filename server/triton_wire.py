@@ -45,6 +45,7 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
         if settings.queue_timeout_s is not None:
             dynamic.default_queue_policy.default_timeout_microseconds = round(
                 settings.queue_timeout_s * 1e6)
+            dynamic.default_queue_policy.allow_timeout_override = settings.allow_timeout_override
     kind = (mc.ModelInstanceGroup.KIND_GPU if CUDA in model.session.providers
             else mc.ModelInstanceGroup.KIND_CPU)
     config.instance_group.add(name=model.name, kind=kind, count=settings.instance_count)

@@ -1,38 +1,56 @@
-"""ModelInferRequest -> numpy inputs, numpy outputs -> ModelInferResponse. Pure functions."""
+"""ModelInferRequest -> checked headers and numpy inputs; metadata answers. Pure functions
+(the answers' bytes are assembled by ``bnserve.server.codec``)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.tensors import (
     TensorCodecError,
-    datatype_of,
+    check_shape,
     decode_contents,
     decode_raw,
-    encode_raw,
+    dtype_of,
     has_contents,
 )
 from bnserve.repository.layout import PLATFORM
 from bnserve.server.errors import InvalidInputError, quoted
-from bnserve.server.model import RequestedOutput, ServedModel
+from bnserve.server.model import Header, RequestedOutput, ServedModel
 
 
-def inputs_from_request(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Decode every input tensor; raise InvalidInputError naming the one that is wrong."""
-    raw = request.raw_input_contents
+def input_headers(request: pb.ModelInferRequest, raw: Sequence[bytes | memoryview]
+                  ) -> dict[str, Header]:
+    """Each input's datatype and shape, checked before any data is decoded."""
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(
             f"raw_input_contents has {len(raw)} entries but the request has "
             f"{len(request.inputs)} inputs; send one entry per input, in order"
         )
-    decoded: dict[str, np.ndarray] = {}
+    headers: dict[str, Header] = {}
     for index, tensor in enumerate(request.inputs):
-        name = f"input {tensor.name!r}"
         if not tensor.name:
             raise InvalidInputError(f"inputs[{index}] has no name")
-        if tensor.name in decoded:
+        name = f"input {quoted(tensor.name, 128)}"
+        if tensor.name in headers:
             raise InvalidInputError(f"{name} appears twice in the request")
+        try:
+            shape = check_shape(tensor.shape, name=name)
+            dtype_of(tensor.datatype, name=name)
+        except TensorCodecError as exc:
+            raise InvalidInputError(str(exc)) from None
+        headers[tensor.name] = (tensor.datatype, shape)
+    return headers
+
+
+def decode_inputs(request: pb.ModelInferRequest, raw: Sequence[bytes | memoryview]
+                  ) -> dict[str, np.ndarray]:
+    """Decode every input tensor; raise InvalidInputError naming the one that is wrong."""
+    decoded: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = f"input {quoted(tensor.name, 128)}"
         try:
             if raw:
                 if has_contents(tensor.contents):
@@ -55,6 +73,24 @@ def inputs_from_request(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
 
 def _is_empty_shape(shape) -> bool:
     return any(d == 0 for d in shape)
+
+
+MAX_TIMEOUT_US = 3600 * 10**6  # an hour: a longer queue timeout is no timeout at all
+
+
+def request_timeout(request: pb.ModelInferRequest) -> float | None:
+    """Triton's ``timeout`` request parameter (microseconds in the queue) in seconds; 0 or
+    absent: the model's own queue timeout."""
+    if "timeout" not in request.parameters:
+        return None
+    parameter = request.parameters["timeout"]
+    kind = parameter.WhichOneof("parameter_choice")
+    value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+    if value is None or not 0 <= value <= MAX_TIMEOUT_US:
+        raise InvalidInputError(
+            f"parameters['timeout'] must be an integer number of microseconds from 0 to "
+            f"{MAX_TIMEOUT_US}")
+    return value / 1e6 if value else None
 
 
 MAX_CLASSIFICATION = 1_000_000
@@ -88,13 +124,3 @@ def metadata_response(model: ServedModel, versions: list[int]) -> pb.ModelMetada
     return response
 
 
-
-def response_from_outputs(
-    request: pb.ModelInferRequest, model_name: str, version: str, outputs: dict[str, np.ndarray]
-) -> pb.ModelInferResponse:
-    """Outputs travel as raw contents, as Triton sends them, in the order requested."""
-    response = pb.ModelInferResponse(model_name=model_name, model_version=version, id=request.id)
-    for name, array in outputs.items():
-        response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        response.raw_output_contents.append(encode_raw(array))
-    return response

@@ -15,9 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bnserve.client import Client, InvalidRequestError, ServerUnavailableError
+from bnserve.server.app import SERVICE_NAME
 from bnserve.server.settings import ServerSettings
 from support import onnx_graphs
 from support.server_thread import ServerThread
+from support.waiting import wait_for
 
 
 def free_port() -> int:
@@ -83,18 +85,25 @@ def test_prometheus_metrics_count_requests_and_batches(server):
     assert delta('bnserve_batch_rows_sum{model="linear"}') == 6
 
 
-def test_draining_server_is_not_ready(tmp_path):
+def test_draining_server_says_not_serving_but_still_answers(tmp_path):
     onnx_graphs.linear_softmax(tmp_path / "linear" / "1" / "model.onnx")
+    serving = health_pb2.HealthCheckResponse.SERVING
     with ServerThread(ServerSettings(repository=tmp_path)) as running:
-        with grpc.insecure_channel(running.address) as channel:
+        with grpc.insecure_channel(running.address) as channel, Client(running.address) as client:
             stub = health_pb2_grpc.HealthStub(channel)
-            assert stub.Check(health_pb2.HealthCheckRequest()).status == (
-                health_pb2.HealthCheckResponse.SERVING
-            )
-            running.call(running.server.health.enter_graceful_shutdown())
-            assert stub.Check(health_pb2.HealthCheckRequest()).status == (
-                health_pb2.HealthCheckResponse.NOT_SERVING
-            )
+            services = ("", SERVICE_NAME, "linear")
+            assert [stub.Check(health_pb2.HealthCheckRequest(service=s)).status
+                    for s in services] == [serving] * 3
+            stopping = asyncio.run_coroutine_threadsafe(
+                running.server.stop(grace=5, drain_window=30), running._loop)  # noqa: SLF001
+            wait_for(lambda: all(
+                stub.Check(health_pb2.HealthCheckRequest(service=s)).status != serving
+                for s in services), timeout=5, what="every health status NOT_SERVING")
+            assert not client.is_ready() and not client.is_live()
+            x = np.ones((1, 4), np.float32)
+            assert client.infer("linear", {"input": x})["probabilities"].shape == (1, 3)
+            running._loop.call_soon_threadsafe(running.server.end_drain_window)  # noqa: SLF001
+            stopping.result(timeout=20)
 
 
 def test_strict_readiness_reports_a_refused_model(tmp_path):
@@ -102,8 +111,11 @@ def test_strict_readiness_reports_a_refused_model(tmp_path):
     onnx_graphs.batchnorm(tmp_path / "bad" / "1" / "model.onnx", training_mode=True)
     with ServerThread(ServerSettings(repository=tmp_path)) as running:
         with grpc.insecure_channel(running.address) as channel:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            stub = health_pb2_grpc.HealthStub(channel)
+            live = stub.Check(health_pb2.HealthCheckRequest(service=""))
+            ready = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert live.status == health_pb2.HealthCheckResponse.SERVING  # no restart loop
+        assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with Client(running.address) as client:
             assert not client.is_ready()
             assert client.is_model_ready("linear")  # what loaded is still served
@@ -127,10 +139,9 @@ def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones(tmp_path):
         with Client(running.address, timeout=20) as client, ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.infer, "linear", {"input": x})
             assert entered.wait(10)
-            stopping = asyncio.run_coroutine_threadsafe(running.server.stop(grace=15),
+            stopping = asyncio.run_coroutine_threadsafe(running.server.stop(grace=15, drain_window=0),
                                                         running._loop)  # noqa: SLF001
-            while running.server.registry.accepting:
-                pass  # stop() refuses new calls first thing; wait until it has begun
+            wait_for(lambda: running.server.refusing, timeout=10, what="new calls refused")
             with Client(running.address, timeout=5) as late, pytest.raises(ServerUnavailableError):
                 late.infer("linear", {"input": x})
             gate.set()

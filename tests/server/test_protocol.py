@@ -235,7 +235,7 @@ BAD_REQUESTS = {
     ),
     "shape whose size overflows int64": (
         _request(shape=(2**32, 2**32), raw=b""), grpc.StatusCode.INVALID_ARGUMENT,
-        "raw contents hold 0 bytes",
+        "has a dimension above 2147483647",
     ),
     "output named twice": (
         pb.ModelInferRequest(
@@ -244,7 +244,7 @@ BAD_REQUESTS = {
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")] * 2,
             raw_input_contents=[b"\0" * 16],
         ),
-        grpc.StatusCode.INVALID_ARGUMENT, "name an output twice",
+        grpc.StatusCode.INVALID_ARGUMENT, "outputs name 'probabilities' twice",
     ),
     "token id outside the vocabulary": (
         raw_request("lookup", ids=np.array([[1, 99]], np.int64)),

@@ -40,7 +40,7 @@ class ServerThread:
             self._stop_requested = asyncio.Event()
             self._started.set_result(server)
             await self._stop_requested.wait()
-            await server.stop(grace=1.0)
+            await server.stop(grace=1.0, drain_window=0)
 
         self._loop.run_until_complete(main())
 
