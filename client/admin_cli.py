@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from bnserve.client.channels import DEFAULT_ADDRESS
+from bnserve.client.security_cli import add_security_flags, security_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action.add_argument("--timeout", type=float, default=120.0,
                             help="seconds for the call (default 120: a load includes checks "
                             "and warm-up)")
-        action.add_argument("--tls", action="store_true", help="use TLS with the system roots")
+        add_security_flags(action, auth_token=False)
     parser.set_defaults(handler=run, extra=None)
 
 
@@ -53,11 +54,15 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "config", None):
             with open(args.config, encoding="utf-8") as handle:
                 config = handle.read()
+        options = security_options(args)
+    except ValueError as exc:
+        print(f"bnserve repository: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"bnserve repository: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        with Client(args.address, timeout=args.timeout, tls=args.tls, admin_token=token) as client:
+        with Client(args.address, timeout=args.timeout, admin_token=token, **options) as client:
             if args.action == "index":
                 rows = client.repository_index(ready=args.ready)
                 width = max([len(r.name) for r in rows] + [5])

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from bnserve.client.messages import ModelMetadata, admin_metadata
+from bnserve.client.messages import ModelMetadata, bearer_metadata
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "localhost:8001"
@@ -77,6 +77,8 @@ class ClientBase:
     ``private_key`` + ``certificate_chain`` (PEM) present a client certificate (mutual TLS).
     ``admin_token``: sent as ``authorization: Bearer <token>`` on the repository calls
     (index, load, unload) only; give one address for those, they change one server.
+    ``auth_token``: sent as ``authorization: Bearer <token>`` on every other call (and on the
+    repository calls when there is no ``admin_token``), for a server with ``--auth-token-file``.
     ``_grpc`` is ``grpc`` or ``grpc.aio``: both offer the same channel constructors.
     """
 
@@ -93,6 +95,7 @@ class ClientBase:
         certificate_chain: bytes | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
         admin_token: str | None = None,
+        auth_token: str | None = None,
     ) -> None:
         config = channel_config(
             address,
@@ -104,7 +107,8 @@ class ClientBase:
         )
         self.addresses = config.addresses
         self.timeout = timeout
-        self._admin = admin_metadata(admin_token)
+        self._auth = bearer_metadata(auth_token)
+        self._admin = bearer_metadata(admin_token) if admin_token is not None else self._auth
         self._channels = [
             self._grpc.secure_channel(a, config.credentials, config.options)
             if config.credentials

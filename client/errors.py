@@ -6,8 +6,9 @@
      +-- ServerUnavailableError     UNAVAILABLE: no server reachable, or it is shutting down
      +-- ServerBusyError            RESOURCE_EXHAUSTED: the model's queue is full; retry later
      +-- DeadlineExceededError      DEADLINE_EXCEEDED: the call's timeout passed
-     +-- UnauthenticatedError       UNAUTHENTICATED / PERMISSION_DENIED: an admin call without
-     |                              the right token
+     +-- UnauthenticatedError       UNAUTHENTICATED / PERMISSION_DENIED: a call without a
+     |                              token the server accepts, or an inference token on the
+     |                              repository API
      +-- FailedPreconditionError    FAILED_PRECONDITION: refused in the server's state (load
      |                              outside explicit mode, a model that failed to load)
      +-- ServerError                INTERNAL and anything else

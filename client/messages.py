@@ -121,5 +121,5 @@ def as_dict(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def admin_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return None if token is None else (("authorization", f"Bearer {token}"),)

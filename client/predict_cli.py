@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from bnserve.client.channels import DEFAULT_ADDRESS
+from bnserve.client.security_cli import add_security_flags, security_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="seconds for the whole call (default 30)")
     predict.add_argument("--batch-size", type=int, default=64,
                          help="rows per request (default 64, the server's default limit)")
-    predict.add_argument("--tls", action="store_true", help="use TLS with the system roots")
+    add_security_flags(predict)
     predict.set_defaults(handler=run_predict, extra=None)
 
     health = subparsers.add_parser(
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     health.add_argument("--address", default=DEFAULT_ADDRESS, help=f"default {DEFAULT_ADDRESS}")
     health.add_argument("--model", help="also require this model to be ready")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
-    health.add_argument("--tls", action="store_true", help="use TLS with the system roots")
+    add_security_flags(health)
     health.set_defaults(handler=run_health, extra=None)
 
 
@@ -47,7 +48,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     array = np.load(args.input, allow_pickle=False)
     try:
-        with Client(args.address or [DEFAULT_ADDRESS], timeout=args.timeout, tls=args.tls) as client:
+        options = security_options(args)
+    except (OSError, ValueError) as exc:
+        print(f"bnserve predict: {_problem(exc)}", file=sys.stderr)
+        return 1
+    try:
+        with Client(args.address or [DEFAULT_ADDRESS], timeout=args.timeout, **options) as client:
             result = client.predict(args.model, array, version=args.version,
                                     batch_size=args.batch_size)
     except BnserveError as exc:
@@ -68,7 +74,12 @@ def run_health(args: argparse.Namespace) -> int:
     from bnserve.client import BnserveError, Client
 
     try:
-        with Client(args.address, timeout=args.timeout, tls=args.tls) as client:
+        options = security_options(args)
+    except (OSError, ValueError) as exc:
+        print(f"not ready: {_problem(exc)}", file=sys.stderr)
+        return 1
+    try:
+        with Client(args.address, timeout=args.timeout, **options) as client:
             ready = client.is_ready()
             if ready and args.model:
                 ready = client.is_model_ready(args.model)
@@ -77,3 +88,9 @@ def run_health(args: argparse.Namespace) -> int:
         return 1
     print("ready" if ready else "not ready")
     return 0 if ready else 1
+
+
+def _problem(exc: OSError | ValueError) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot read {exc.filename}: {exc.strerror}"
+    return str(exc)

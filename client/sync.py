@@ -60,7 +60,7 @@ class Client(ClientBase):
             for stub, remaining, last in self._attempts(timeout):
                 try:
                     return getattr(stub, method)(request, timeout=remaining,
-                                               metadata=metadata)
+                                               metadata=metadata or self._auth)
                 except grpc.RpcError as exc:
                     # UNAVAILABLE: that server is down or draining; the next one may answer.
                     if exc.code() != grpc.StatusCode.UNAVAILABLE or last:

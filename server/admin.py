@@ -5,17 +5,21 @@ With ``--admin-token-file`` the caller must send gRPC metadata ``authorization: 
 constant-time and the token is never logged. Without a token file the repository API is
 refused (FAILED_PRECONDITION) unless ``--allow-unauthenticated-admin`` opens it to anyone
 who can reach the port.
+
+An inference token (``--auth-token-file``, see ``bnserve.server.auth``) on a repository call
+is PERMISSION_DENIED: the caller is known but may not change what is served. No token, or
+one the server does not know, is UNAUTHENTICATED.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
 from pathlib import Path
 
-from bnserve.server.errors import PreconditionError, UnauthenticatedError
+from bnserve.server.auth import MAX_TOKEN_CHARS, Metadata, TokenFile, matches_any, presented, token_digest
+from bnserve.server.errors import PermissionDeniedError, PreconditionError, UnauthenticatedError
 
-MAX_TOKEN_BYTES = 4096
+MAX_TOKEN_BYTES = MAX_TOKEN_CHARS
 
 
 def read_token(path: Path) -> bytes:
@@ -32,23 +36,43 @@ def read_token(path: Path) -> bytes:
 
 
 class AdminGuard:
-    def __init__(self, token: bytes | None, *, allow_unauthenticated: bool = False) -> None:
-        self._expected = b"Bearer " + token if token is not None else None
-        self._open = allow_unauthenticated
+    """``inference_tokens``: the inference token file, if any, to tell a known caller without
+    the right (PERMISSION_DENIED) from an unknown one (UNAUTHENTICATED)."""
 
-    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+    def __init__(self, token: bytes | None, *, allow_unauthenticated: bool = False,
+                 inference_tokens: TokenFile | None = None) -> None:
+        self._digest = token_digest(token) if token is not None else None
+        self._open = allow_unauthenticated
+        self._inference = inference_tokens
+
+    @property
+    def has_token(self) -> bool:
+        return self._digest is not None
+
+    def matches(self, digest: bytes) -> bool:
+        """Whether a call's header digest (``bnserve.server.auth.presented``) is the admin token."""
+        return self._digest is not None and hmac.compare_digest(digest, self._digest)
+
+    def check(self, metadata: Metadata) -> None:
         """Raise unless the call's metadata carries the admin token (or the API is open)."""
-        if self._expected is None:
+        if self._digest is None:
             if self._open:
                 return
             raise PreconditionError(
                 "the repository API is disabled: start the server with --admin-token-file "
                 "(or --allow-unauthenticated-admin)")
-        sent = [value for key, value in metadata or () if key.lower() == "authorization"]
-        given = sent[0] if len(sent) == 1 else b""
-        if isinstance(given, str):
-            given = given.encode("utf-8", "replace")
-        # compare_digest: the time taken does not tell how much of the token matched.
-        if not hmac.compare_digest(given, self._expected):
-            raise UnauthenticatedError("the repository API needs metadata "
-                                       "'authorization: Bearer <admin token>'")
+        self.verify(presented(metadata))
+
+    def verify(self, digest: bytes) -> None:
+        """Raise unless ``digest`` is the admin token's (the server has one)."""
+        # compare_digest, against the admin token and every inference token whatever
+        # matches first: the time taken does not tell how much of a token matched.
+        admin = self.matches(digest)
+        inference = self._inference is not None and matches_any(digest, self._inference.digests())
+        if admin:
+            return
+        if inference:
+            raise PermissionDeniedError("an inference token may not call the repository API: it "
+                                        "needs metadata 'authorization: Bearer <admin token>'")
+        raise UnauthenticatedError("the repository API needs metadata "
+                                   "'authorization: Bearer <admin token>'")

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.server import metrics
 from bnserve.server.admin import AdminGuard, read_token
+from bnserve.server.auth import TokenFile, TokenInterceptor, token_digest
 from bnserve.server.codec import Codec
 from bnserve.server.controller import Loader, RepositoryController
 from bnserve.server.loader import load_version
@@ -25,6 +26,7 @@ from bnserve.server.repository import ModelRepository
 from bnserve.server.runtime import available_providers, select_providers
 from bnserve.server.servicer import InferenceServicer
 from bnserve.server.settings import ServerSettings
+from bnserve.server.tls import server_credentials
 from bnserve.server.transport import InferenceTransport
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,18 @@ class InferenceServer:
         self.controller = RepositoryController(self.repository, self.registry, settings,
                                                loader=loader, observer=metrics.observe_batch)
         token = read_token(settings.admin_token_file) if settings.admin_token_file else None
-        admin = AdminGuard(token, allow_unauthenticated=settings.allow_unauthenticated_admin)
-        self.grpc_server = grpc.aio.server(options=channel_options(settings))
+        tokens = None
+        if settings.auth_token_file:  # refused when it holds the admin token too
+            tokens = TokenFile(settings.auth_token_file,
+                               reserved=token_digest(token) if token else None)
+        admin = AdminGuard(token, allow_unauthenticated=settings.allow_unauthenticated_admin,
+                           inference_tokens=tokens)
+        # Only with a token file: without one no call pays for an interceptor.
+        interceptors = [TokenInterceptor(SERVICE_NAME, tokens, admin,
+                                         on_reject=metrics.count_rejected)] \
+            if tokens or token else []
+        self.grpc_server = grpc.aio.server(options=channel_options(settings),
+                                           interceptors=interceptors)
         self.codec = Codec(max_send_bytes=settings.max_message_bytes,
                            response_memory_bytes=settings.response_memory_bytes)
         servicer = InferenceServicer(self.registry, self.controller, admin, self.codec,
@@ -75,15 +87,8 @@ class InferenceServer:
         address = f"{settings.host}:{settings.port}"
         if ":" in settings.host and not settings.host.startswith("["):
             address = f"[{settings.host}]:{settings.port}"
-        if settings.tls_certificate and settings.tls_private_key:
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())]
-            )
-            self.port = self._bind(address, credentials)
-        elif settings.tls_certificate or settings.tls_private_key:
-            raise ValueError("TLS needs both tls_certificate and tls_private_key")
-        else:
-            self.port = self._bind(address, None)
+        # Checked file by file first (ValueError naming the file): grpc would only fail the bind.
+        self.port = self._bind(address, server_credentials(settings))
 
     def _bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         try:
@@ -113,7 +118,7 @@ class InferenceServer:
         if self.settings.metrics_port is not None:
             from prometheus_client import start_http_server
 
-            start_http_server(self.settings.metrics_port, addr=self.settings.host)
+            start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
         await self._publish_health()
         log.info(
             "serving %d model(s) %s on port %d (model control mode %s)",

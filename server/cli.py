@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--intra-op-threads", type=int, help="onnxruntime threads, 0 = auto")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--metrics-host",
+                        help="address /metrics listens on (default: 127.0.0.1, loopback only)")
     parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
                         help="none: load at start only (default); poll: follow the repository "
                         "while serving; explicit: load what --load-model and the repository "
@@ -47,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--admin-token-file",
                         help="file with the token the repository API needs "
                         "(metadata 'authorization: Bearer <token>')")
+    parser.add_argument("--auth-token-file",
+                        help="file of tokens (one per line) every inference call needs as "
+                        "metadata 'authorization: Bearer <token>'; re-read when it changes")
     parser.add_argument("--allow-unauthenticated-admin", action="store_true", default=None,
                         help="open the repository API without a token (trusted networks only)")
     parser.add_argument("--drain-window-s", type=float,
@@ -57,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "finish (default: 5)")
     parser.add_argument("--tls-certificate", help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-private-key", help="PEM private key (enables TLS)")
+    parser.add_argument("--tls-client-ca",
+                        help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
     parser.add_argument(
         "--port-file", help="write the bound port to this file once serving (for scripts and tests)"
     )
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
              "max_queue_size", "device", "intra_op_threads", "metrics_port", "tls_certificate",
              "tls_private_key", "model_control_mode", "repository_poll_secs", "load_model",
              "admin_token_file", "allow_unauthenticated_admin", "shutdown_grace_s",
-             "drain_window_s")
+             "drain_window_s", "auth_token_file", "metrics_host", "tls_client_ca")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
         settings = ServerSettings(**overrides)
@@ -139,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         drained = asyncio.run(serve_until_signalled(settings, port_file=args.port_file))
     except (FileNotFoundError, OSError, ValueError, ModelLoadError) as exc:
-        # Start-up problems a user can fix (no repository, port taken, half a TLS pair).
+        # Start-up problems a user can fix (no repository, port taken, a TLS file or token
+        # file that cannot be used).
         print(f"bnserve serve: {exc}", file=sys.stderr)
         return 1
     return _exit_without_waiting_for_runs(0 if drained else 1)

@@ -10,7 +10,10 @@
      |                                request's) queue timeout
      +-- ResponseTooLargeError        RESOURCE_EXHAUSTED: the answer exceeds the send limit, or
      |                                unread answers already hold the server's response memory
-     +-- UnauthenticatedError         UNAUTHENTICATED: admin call without the right token
+     +-- UnauthenticatedError         UNAUTHENTICATED: a call without a token the server
+     |                                accepts (inference or admin token, as the API needs)
+     +-- PermissionDeniedError        PERMISSION_DENIED: a valid token without the right: an
+     |                                inference token on the repository API
      +-- PreconditionError            FAILED_PRECONDITION: an admin call this server refuses
      |    |                           in its mode (load/unload outside explicit mode, no
      |    |                           admin token configured)
@@ -18,8 +21,9 @@
      |         +-- ConfigError        and safe to show a client, ``detail`` goes to the log
      |                                only (it may hold host paths or onnxruntime's text)
 
-Only ``bnserve.server.servicer`` turns these into gRPC statuses; anything else that escapes
-a handler is a server bug and is answered INTERNAL with a generic message.
+Only ``bnserve.server.servicer`` turns these into gRPC statuses (and, for the token refusals
+it answers before any handler runs, ``bnserve.server.auth``'s interceptor); anything else
+that escapes a handler is a server bug and is answered INTERNAL with a generic message.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class ResponseTooLargeError(ServingError):
 
 class UnauthenticatedError(ServingError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(ServingError):
+    status_code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class PreconditionError(ServingError):

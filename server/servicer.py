@@ -74,8 +74,10 @@ class InferenceServicer:
             model = self._registry.resolve(call.request.model_name, call.request.model_version)
             label = model.name
             outputs = await self.infer(model, call)
-            return await self._codec.encode_infer(call.request.id, model.name, model.version,
+            data = await self._codec.encode_infer(call.request.id, model.name, model.version,
                                                   outputs)
+            self._codec.hold(data, context.add_done_callback)  # until the client has it
+            return data
         except ServingError as exc:
             code = exc.status_code.name
             raise

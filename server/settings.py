@@ -44,6 +44,13 @@ class ServerSettings(BaseSettings):
         description="File holding the token the repository API needs as gRPC metadata "
         "'authorization: Bearer <token>'.",
     )
+    auth_token_file: Path | None = Field(
+        default=None,
+        description="File of tokens (one per line; blank lines and # comments ignored) one of "
+        "which every inference-service call needs as gRPC metadata 'authorization: Bearer "
+        "<token>'; the admin token is accepted too. Re-read when it changes; health and "
+        "reflection stay open. Unset: the inference API is open to anyone who reaches the port.",
+    )
     allow_unauthenticated_admin: bool = Field(
         default=False,
         description="Without admin_token_file, open the repository API to anyone who reaches "
@@ -150,6 +157,12 @@ class ServerSettings(BaseSettings):
         le=65535,
         description="Port of the Prometheus /metrics HTTP endpoint; unset disables it.",
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the /metrics endpoint listens on. Loopback by default: the gRPC "
+        "port is public, metrics (plain HTTP, no token) are for a local scraper or sidecar; "
+        "0.0.0.0 opens them to the network.",
+    )
     strict_readiness: bool = Field(
         default=True,
         description="ServerReady (and the gRPC health check) answer not ready while any model "
@@ -161,4 +174,9 @@ class ServerSettings(BaseSettings):
         description="PEM certificate chain; with tls_private_key the server speaks TLS only.",
     )
     tls_private_key: Path | None = Field(default=None, description="PEM private key for TLS.")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: with it (and the TLS pair) clients must present a "
+        "certificate signed by one of these CAs (mutual TLS), else the handshake fails.",
+    )
     server_name: str = Field(default="bnserve", description="Name in ServerMetadata.")

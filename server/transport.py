@@ -101,10 +101,9 @@ class InferenceTransport:
                     self._malformed(method, exc)
                     raise
                 response = await implementation(request, context)
-                if not isinstance(response, bytes):
+                if not isinstance(response, bytes):  # ModelInfer encodes its own
                     response = response.SerializeToString()
                     codec.check_size(len(response))
-                codec.hold(response, context.add_done_callback)
                 return response
             except ServingError as exc:
                 await context.abort(exc.status_code, bounded(str(exc)))
