@@ -2,6 +2,10 @@
 #
 #   docker build -t bnserve .
 #   docker run --rm -p 8001:8001 -v ./models:/models:ro bnserve
+#   docker run --rm -p 9000:9000 -e BNSERVE_PORT=9000 -v ./models:/models:ro bnserve
+#
+# Every server setting is an environment variable BNSERVE_<SETTING> (see the README's
+# Settings table); the image sets only BNSERVE_REPOSITORY, BNSERVE_HOST and BNSERVE_PORT.
 #
 # Two stages: the builder makes a virtual environment at /opt/venv and installs the project
 # with the `server` extra (non-editable); the runtime stage copies only that venv. The
@@ -60,14 +64,23 @@ COPY --from=builder /opt/venv /opt/venv
 # The model repository: <name>/<version>/model.onnx + metadata, mounted read-only.
 VOLUME ["/models"]
 
+# The image's defaults, as settings rather than flags, so that `-e BNSERVE_<SETTING>=...`
+# overrides any of them (flags would win over the environment): `-e BNSERVE_PORT=9000`
+# moves the server, and the health check follows it.
+ENV BNSERVE_REPOSITORY=/models \
+    BNSERVE_HOST=0.0.0.0 \
+    BNSERVE_PORT=8001
+
 USER 10001:10001
 EXPOSE 8001
 
-# Asks the server over gRPC whether it is ready (ServerReady): exit 0 when it is.
+# Asks the server over gRPC whether it is ready (ServerReady): exit 0 when it is. Without
+# --address, `bnserve health` checks 127.0.0.1:$BNSERVE_PORT, over TLS (trusting
+# $BNSERVE_TLS_CERTIFICATE) when that is set.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["bnserve", "health", "--address", "127.0.0.1:8001"]
+    CMD ["bnserve", "health"]
 
 # Exec form: bnserve is PID 1 and gets SIGTERM from `docker stop` / Kubernetes directly.
 # Other subcommands run with the same image: `docker run IMAGE health --address ...`.
 ENTRYPOINT ["bnserve"]
-CMD ["serve", "--repository", "/models", "--host", "0.0.0.0", "--port", "8001"]
+CMD ["serve"]

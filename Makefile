@@ -8,7 +8,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8001
 PROTO_OUT := $(VENV)/proto-gen
 
-.PHONY: serve test proto lint bench perf-analyzer clean
+.PHONY: serve test proto lint bench perf-analyzer container-test clean
 
 # A stamp per extra set: re-install only when pyproject.toml changes.
 $(BIN)/python:
@@ -48,6 +48,12 @@ bench: $(VENV)/.installed-dev
 perf-analyzer: $(VENV)/.installed-dev
 	$(BIN)/pip install -q nvidia-cuda-runtime-cu12
 	$(BIN)/python bench/perf_analyzer.py --repository $(REPOSITORY) --model $(MODEL)
+
+# Build the image with buildah and run it with podman: BNSERVE_PORT, the HEALTHCHECK, an
+# inference and SIGTERM (docs/container.md). Not part of `make test`: it needs buildah and
+# podman (it installs nothing and says how when they are missing) and root.
+container-test: $(VENV)/.installed-serve
+	$(BIN)/python scripts/container_test.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

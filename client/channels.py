@@ -37,6 +37,7 @@ def channel_config(
     private_key: bytes | None,
     certificate_chain: bytes | None,
     max_message_bytes: int,
+    tls_server_name: str | None = None,
 ) -> ChannelConfig:
     addresses = (address,) if isinstance(address, str) else tuple(address)
     if not addresses:
@@ -53,6 +54,10 @@ def channel_config(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.service_config", _SERVICE_CONFIG),
     )
+    if credentials is not None and tls_server_name:
+        # Verify the server's certificate for this name, not the address's host: a server
+        # reached as 127.0.0.1 whose certificate names bnserve.example.com.
+        options += (("grpc.ssl_target_name_override", tls_server_name),)
     return ChannelConfig(addresses, credentials, options)
 
 
@@ -75,6 +80,8 @@ class ClientBase:
     ``timeout``: default seconds per call (None: no deadline); every method takes its own.
     ``tls``: TLS with the system roots; ``root_certificates`` (PEM) trusts a private CA;
     ``private_key`` + ``certificate_chain`` (PEM) present a client certificate (mutual TLS).
+    ``tls_server_name``: with TLS, the name the server's certificate must carry, when it is
+    not the host in ``address`` (e.g. 127.0.0.1 for a server whose certificate names a DNS name).
     ``admin_token``: sent as ``authorization: Bearer <token>`` on the repository calls
     (index, load, unload) only; give one address for those, they change one server.
     ``auth_token``: sent as ``authorization: Bearer <token>`` on every other call (and on the
@@ -96,6 +103,7 @@ class ClientBase:
         max_message_bytes: int = 64 * 1024 * 1024,
         admin_token: str | None = None,
         auth_token: str | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         config = channel_config(
             address,
@@ -104,6 +112,7 @@ class ClientBase:
             private_key=private_key,
             certificate_chain=certificate_chain,
             max_message_bytes=max_message_bytes,
+            tls_server_name=tls_server_name,
         )
         self.addresses = config.addresses
         self.timeout = timeout

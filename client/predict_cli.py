@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import ssl
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 from bnserve.client.channels import DEFAULT_ADDRESS
 from bnserve.client.security_cli import add_security_flags, security_options
+
+DEFAULT_PORT = 8001  # bnserve serve's default, when BNSERVE_PORT is unset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,11 +40,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     health = subparsers.add_parser(
         "health",
         help="exit 0 when the server answers ready (for container health checks)",
+        description="Ask a server whether it is ready (the Open Inference Protocol's "
+        "ServerReady; with --model also ModelReady) or, with --live, only whether it is live "
+        "(ServerLive); exit 0 when it is, 1 when it is not or does not answer. Without "
+        "--address it checks the local server that the BNSERVE_* environment variables "
+        "configure, as `bnserve serve` reads them: 127.0.0.1 (or BNSERVE_HOST when that names "
+        "one address) on BNSERVE_PORT (default 8001), over TLS when BNSERVE_TLS_CERTIFICATE "
+        "is set, trusting that certificate. This is the image's HEALTHCHECK.",
     )
-    health.add_argument("--address", default=DEFAULT_ADDRESS, help=f"default {DEFAULT_ADDRESS}")
-    health.add_argument("--model", help="also require this model to be ready")
+    health.add_argument("--address",
+                        help=f"server address (default: 127.0.0.1:$BNSERVE_PORT, port "
+                        f"{DEFAULT_PORT} when unset)")
+    check = health.add_mutually_exclusive_group()
+    check.add_argument("--live", action="store_true",
+                       help="check liveness only (ServerLive), not readiness")
+    check.add_argument("--model", help="also require this model to be ready")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     add_security_flags(health)
+    health.add_argument("--tls-server-name", metavar="NAME",
+                        help="the name the server's certificate must carry (implies TLS; default: "
+                        "the address's host; without --address and with "
+                        "BNSERVE_TLS_CERTIFICATE: that certificate's first name)")
     health.set_defaults(handler=run_health, extra=None)
 
 
@@ -70,24 +93,118 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class HealthTarget:
+    """Where ``bnserve health`` connects, and how."""
+
+    address: str
+    tls: bool = False
+    root_certificates: Path | None = None  # PEM to trust instead of the system roots
+    tls_server_name: str | None = None  # the name to verify the certificate for
+
+
+# Listen addresses that mean "every interface": the local server is reached on loopback.
+_ANY_HOST = {"", "0.0.0.0", "::", "[::]"}
+
+
+def local_health_target(environ: Mapping[str, str]) -> HealthTarget:
+    """The local server as ``bnserve serve`` would configure it from these BNSERVE_* variables.
+
+    Only the command line calls this (with ``os.environ``): runtime code never reads the
+    environment. Raises ValueError when the variables name no address a health check can reach.
+    """
+    raw_port = environ.get("BNSERVE_PORT", "").strip() or str(DEFAULT_PORT)
+    try:
+        port = int(raw_port)
+    except ValueError:
+        raise ValueError(f"BNSERVE_PORT={raw_port!r} is not a port number; give --address") from None
+    if port == 0:
+        raise ValueError("BNSERVE_PORT=0 lets the server pick a free port, which a health "
+                         "check cannot know; give --address")
+    if not 0 < port < 65536:
+        raise ValueError(f"BNSERVE_PORT={raw_port} is not a port number; give --address")
+    host = environ.get("BNSERVE_HOST", "").strip()
+    if host in _ANY_HOST:
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    certificate = environ.get("BNSERVE_TLS_CERTIFICATE", "").strip()
+    if not certificate:
+        return HealthTarget(f"{host}:{port}")
+    # The server presents this chain; trusting it (gRPC accepts the leaf as the anchor)
+    # checks our own server without knowing its CA. Its name, not 127.0.0.1, is verified.
+    return HealthTarget(f"{host}:{port}", tls=True, root_certificates=Path(certificate),
+                        tls_server_name=certificate_name(Path(certificate)))
+
+
+def certificate_name(path: Path) -> str | None:
+    """The first DNS name (else IP address, else common name) of the first certificate in a
+    PEM file; None when it cannot be read (then the address's host is verified)."""
+    # The standard library decodes a certificate file only through this private helper
+    # (its public APIs decode peers and loaded CAs, not a leaf on disk), so it is looked up
+    # defensively. Without it, TLS still works for certificates that name 127.0.0.1.
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None:
+        return None
+    try:
+        decoded = decode(str(path))
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    alternatives = decoded.get("subjectAltName", ())
+    for kind in ("DNS", "IP Address"):
+        for found_kind, value in alternatives:
+            if found_kind == kind:
+                # A wildcard certificate matches any one label in its place.
+                return "health" + value[1:] if value.startswith("*.") else value
+    for rdn in decoded.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+def health_target(args: argparse.Namespace, environ: Mapping[str, str]) -> HealthTarget:
+    """--address and the TLS flags as given, or else the local server the environment describes."""
+    if args.address:
+        target = HealthTarget(args.address)
+    else:
+        target = local_health_target(environ)
+    if args.tls or args.tls_ca:
+        roots = Path(args.tls_ca) if args.tls_ca else None
+        target = HealthTarget(target.address, tls=True, root_certificates=roots)
+    if args.tls_server_name:
+        target = HealthTarget(target.address, tls=True, root_certificates=target.root_certificates,
+                              tls_server_name=args.tls_server_name)
+    return target
+
+
 def run_health(args: argparse.Namespace) -> int:
     from bnserve.client import BnserveError, Client
 
     try:
         options = security_options(args)
-    except (OSError, ValueError) as exc:
-        print(f"not ready: {_problem(exc)}", file=sys.stderr)
-        return 1
+        target = health_target(args, os.environ)
+        if target.root_certificates is not None:
+            options["root_certificates"] = target.root_certificates.read_bytes()
+    except (ValueError, OSError) as exc:
+        print(f"bnserve health: {_problem(exc)}", file=sys.stderr)
+        return 2
+    options["tls"] = options["tls"] or target.tls
+    state = "live" if args.live else "ready"
     try:
-        with Client(args.address, timeout=args.timeout, **options) as client:
-            ready = client.is_ready()
-            if ready and args.model:
-                ready = client.is_model_ready(args.model)
+        with Client(target.address, timeout=args.timeout,
+                    tls_server_name=target.tls_server_name, **options) as client:
+            if args.live:
+                ok = client.is_live()
+            else:
+                ok = client.is_ready()
+                if ok and args.model:
+                    ok = client.is_model_ready(args.model)
     except BnserveError as exc:
-        print(f"not ready: {exc}", file=sys.stderr)
+        print(f"not {state}: {exc}", file=sys.stderr)
         return 1
-    print("ready" if ready else "not ready")
-    return 0 if ready else 1
+    print(state if ok else f"not {state}")
+    return 0 if ok else 1
 
 
 def _problem(exc: OSError | ValueError) -> str:

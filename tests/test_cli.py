@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,9 +15,15 @@ from support.subprocess_server import SubprocessServer
 BNSERVE = [sys.executable, "-m", "bnserve.cli"]
 
 
-def bnserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def bnserve(*args: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command; ``env`` replaces every BNSERVE_* variable of this process's environment."""
+    environ = None
+    if env is not None:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}
+        environ.update(env)
     return subprocess.run([*BNSERVE, *args], capture_output=True, text=True, check=check,
-                          timeout=120)
+                          timeout=120, env=environ)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +47,54 @@ def test_health(served):
     assert missing.returncode == 1
     down = bnserve("health", "--address", "127.0.0.1:1", "--timeout", "1", check=False)
     assert down.returncode == 1
+
+
+def test_health_without_an_address_checks_the_port_bnserve_port_names(served):
+    # What the image's HEALTHCHECK runs: `-e BNSERVE_PORT=...` moves the check with the server.
+    here = {"BNSERVE_PORT": str(served.port)}
+    assert bnserve("health", env=here).stdout.strip() == "ready"
+    assert bnserve("health", "--model", "digits", env={**here, "BNSERVE_HOST": "0.0.0.0"}).returncode == 0
+    assert bnserve("health", "--live", env=here).stdout.strip() == "live"
+    elsewhere = bnserve("health", "--timeout", "1", env={"BNSERVE_PORT": "1"}, check=False)
+    assert elsewhere.returncode == 1 and elsewhere.stdout.strip() == "not ready"
+    not_live = bnserve("health", "--live", "--timeout", "1", env={"BNSERVE_PORT": "1"}, check=False)
+    assert not_live.returncode == 1 and "not live" in not_live.stderr
+
+
+def test_health_refuses_a_port_it_cannot_check():
+    for port, says in (("0", "BNSERVE_PORT=0 lets the server pick a free port"),
+                       ("eighty", "BNSERVE_PORT='eighty' is not a port number")):
+        result = bnserve("health", env={"BNSERVE_PORT": port}, check=False)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    both = bnserve("health", "--live", "--model", "digits", check=False)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_health_speaks_tls_when_the_server_does(digits_repository, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    # A name other than 127.0.0.1: the health check verifies the certificate's own name.
+    certificate = authority.issue_cert("bnserve.example.com")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in certificate.cert_chain_pems))
+    key_file.write_bytes(certificate.private_key_pem.bytes())
+    ca_file.write_bytes(authority.cert_pem.bytes())
+    with SubprocessServer(digits_repository, "--tls-certificate", str(cert_file),
+                          "--tls-private-key", str(key_file)) as server:
+        port = str(server.port)
+        # As in the image: BNSERVE_TLS_CERTIFICATE set means TLS, trusting that certificate.
+        local = bnserve("health", env={"BNSERVE_PORT": port, "BNSERVE_TLS_CERTIFICATE": str(cert_file)},
+                        check=False)
+        assert local.returncode == 0, local.stderr
+        plaintext = bnserve("health", "--timeout", "2", env={"BNSERVE_PORT": port}, check=False)
+        assert plaintext.returncode == 1
+        explicit = bnserve("health", "--address", server.address, "--tls-ca", str(ca_file),
+                           "--tls-server-name", "bnserve.example.com", env={}, check=False)
+        assert explicit.returncode == 0, explicit.stderr
+        wrong_name = bnserve("health", "--address", server.address, "--tls-ca",
+                             str(ca_file), "--timeout", "2", env={}, check=False)
+        assert wrong_name.returncode == 1  # the certificate does not name 127.0.0.1
 
 
 def test_predict_prints_and_saves(served, digits_data, tmp_path):

@@ -1,8 +1,10 @@
 """The serving image's Dockerfile: hadolint-clean, and the contract its users rely on.
 
-Nothing here builds the image (that needs a container engine); these checks read the
-Dockerfile and .dockerignore as a builder would: the final stage serves /models on port
-8001 as a non-root user with a health check, and no torch gets in.
+Nothing here builds the image (that needs a container engine: `make container-test` does);
+these checks read the Dockerfile and .dockerignore as a builder would: the final stage serves
+/models on port 8001 as a non-root user with a health check, every one of those defaults is a
+BNSERVE_* setting that `-e` overrides (no flag in CMD, no port in the health check), and no
+torch gets in.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PORT = "8001"
+# The image's defaults, as environment settings (ServerSettings reads BNSERVE_<FIELD>).
+IMAGE_SETTINGS = {"BNSERVE_REPOSITORY": "/models", "BNSERVE_HOST": "0.0.0.0", "BNSERVE_PORT": PORT}
 
 
 @dataclass(frozen=True)
@@ -116,24 +121,46 @@ def test_exposes_the_grpc_port(final: list[Instruction]) -> None:
     assert PORT in exposed or f"{PORT}/tcp" in exposed, exposed
 
 
-def test_serves_the_models_volume_on_that_port(final: list[Instruction]) -> None:
+def environment(stage: list[Instruction]) -> dict[str, str]:
+    """The ENV settings of a stage (``ENV a=b c=d`` form), later ones winning."""
+    env: dict[str, str] = {}
+    for args in args_of(stage, "ENV"):
+        for word in shlex.split(args):
+            name, equals, value = word.partition("=")
+            assert equals, f"ENV {args}: use the name=value form"
+            env[name] = value
+    return env
+
+
+def test_the_defaults_are_settings_not_flags(final: list[Instruction]) -> None:
+    env = environment(final)
+    assert {k: env.get(k) for k in IMAGE_SETTINGS} == IMAGE_SETTINGS
+    settings = pytest.importorskip("bnserve.server.settings", reason="needs the server extra")
+    fields = set(settings.ServerSettings.model_fields)
+    unknown = [k for k in env if k.startswith("BNSERVE_")
+               and k.removeprefix("BNSERVE_").lower() not in fields]
+    assert unknown == [], f"not ServerSettings fields: {unknown}"
+
+
+def test_serves_the_models_volume_with_overridable_settings(final: list[Instruction]) -> None:
     entrypoint = [exec_form(a) for a in args_of(final, "ENTRYPOINT")]
     cmd = [exec_form(a) for a in args_of(final, "CMD")]
     command = (entrypoint[-1] if entrypoint else []) + (cmd[-1] if cmd else [])
-    assert command[:2] == ["bnserve", "serve"], command
-    options = dict(zip(command[2::2], command[3::2], strict=True))
-    assert options == {"--repository": "/models", "--host": "0.0.0.0", "--port": PORT}
+    # No flags: a flag would win over `-e BNSERVE_...`, so the environment could not move it.
+    assert command == ["bnserve", "serve"], command
     volumes = [v for args in args_of(final, "VOLUME") for v in json.loads(args)]
-    assert "/models" in volumes, volumes
+    assert environment(final)["BNSERVE_REPOSITORY"] in volumes, volumes
 
 
-def test_healthcheck_asks_the_server_on_its_port(final: list[Instruction]) -> None:
+def test_healthcheck_follows_the_configured_port(final: list[Instruction]) -> None:
     checks = args_of(final, "HEALTHCHECK")
     assert checks, "no HEALTHCHECK in the runtime stage"
     check = checks[-1]
     assert check.upper() != "NONE"
     _, _, command = check.partition("CMD ")
-    assert exec_form(command) == ["bnserve", "health", "--address", f"127.0.0.1:{PORT}"]
+    # No --address: `bnserve health` then checks 127.0.0.1:$BNSERVE_PORT (tests/test_cli.py).
+    assert exec_form(command) == ["bnserve", "health"]
+    assert PORT not in check, check
 
 
 def test_runs_as_a_non_root_user(final: list[Instruction]) -> None:

@@ -187,3 +187,21 @@ def with_external_weights(path: Path, data_file: str = "weights.bin") -> Path:
         os.replace(path.parent / "weights.bin", target)
         path.write_bytes(model.SerializeToString())
     return path
+
+
+def slow_matmul(path: Path, width: int = 1024, depth: int = 8, seed: int = 0) -> Path:
+    """x FP32 [N, width] -> y = x @ W @ W ... (``depth`` MatMuls) FP32 [N, width]: a model
+    whose run takes a noticeable time (drain tests). One shared initializer, so the file
+    stays ``width**2 * 4`` bytes whatever the depth; W is orthogonal, so values keep their
+    scale through the chain and rows stay independent."""
+    rng = np.random.default_rng(seed)
+    weight, _ = np.linalg.qr(rng.normal(size=(width, width)))
+    names = ["x", *(f"h{i}" for i in range(1, depth)), "y"]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [names[i], "W"], [names[i + 1]]) for i in range(depth)],
+        "slow_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(weight.astype(np.float32), "W")],
+    )
+    return _save(graph, path)
