@@ -353,8 +353,15 @@ class DynamicBatcher:
             else {n: np.concatenate([p.inputs[n] for p in group]) for n in names}
         )
         merged_at = loop.time()
+        run = loop.run_in_executor(self._executor, self._run_batch, merged)
+        if len(group) == 1:
+            # Nothing retries a lone request: let the run's thread hold its inputs alone, so
+            # that a large one is freed there, not on the event loop (freeing 250k strings
+            # takes tens of ms).
+            group[0].inputs = {}
+        del merged
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, merged)
+            outputs = await run
         except Exception as exc:
             if len(group) > 1:
                 log.warning("batch of %d failed (%s); retrying one by one", len(group), exc)

@@ -108,7 +108,12 @@ class Codec:
             response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
         arrays = list(outputs.values())
         if numeric > OFFLOAD_BYTES or any(a.dtype == object and a.size > 4096 for a in arrays):
-            data = await self.off_loop(_join, response, arrays)
+            # The thread takes the only references: large arrays are freed there, not on
+            # the event loop.
+            del outputs
+            handed = [arrays]
+            del arrays
+            data = await self.off_loop(_join_handed, response, handed)
         else:
             data = _join(response, arrays)
         self.check_size(len(data))
@@ -140,6 +145,10 @@ def _split(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
         return split_infer_request(data)
     except (DecodeError, RuntimeError, ValueError):
         raise MalformedRequestError("request is not a valid ModelInferRequest") from None
+
+
+def _join_handed(response: pb.ModelInferResponse, handed: list[list[np.ndarray]]) -> bytes:
+    return _join(response, handed.pop())
 
 
 def _join(response: pb.ModelInferResponse, arrays: list[np.ndarray]) -> bytes:

@@ -239,8 +239,10 @@ class ServedModel:
                     self.batcher.release(ticket)
                 result = self._empty_outputs(outputs)
             else:
-                answer = await self.batcher.enqueue(runtime_inputs, ticket=ticket,
-                                                    timeout_s=timeout_s)
+                queued = self.batcher.enqueue(runtime_inputs, ticket=ticket,
+                                              timeout_s=timeout_s)
+                del inputs, runtime_inputs  # the run frees large inputs off the event loop
+                answer = await queued
                 result = self._shape_outputs(answer, outputs)
             ok = True
             return result

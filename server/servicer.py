@@ -73,9 +73,9 @@ class InferenceServicer:
         try:
             model = self._registry.resolve(call.request.model_name, call.request.model_version)
             label = model.name
-            outputs = await self.infer(model, call)
+            # No local holds the outputs: the codec thread that encodes them frees them too.
             data = await self._codec.encode_infer(call.request.id, model.name, model.version,
-                                                  outputs)
+                                                  await self.infer(model, call))
             self._codec.hold(data, context.add_done_callback)  # until the client has it
             return data
         except ServingError as exc:
@@ -110,8 +110,10 @@ class InferenceServicer:
         except BaseException:
             model.batcher.release(ticket)
             raise
-        return await model.infer(inputs, outputs, ticket=ticket, timeout_s=timeout_s,
-                                 prepared=True)
+        answering = model.infer(inputs, outputs, ticket=ticket, timeout_s=timeout_s,
+                                prepared=True)
+        del inputs  # see ServedModel.infer: only the run holds them
+        return await answering
 
     async def ModelConfig(self, request, context):
         model = self._registry.resolve(request.name, request.version)

@@ -198,12 +198,35 @@ async def test_queue_policy_bounds_the_queue_and_times_out_waiting_requests(tmp_
         await asyncio.sleep(0)
         with pytest.raises(QueueFullError):
             await model.infer({"x": X})
-        await asyncio.sleep(0.05)  # the queued two wait past their 1 ms timeout
-        gate.set()
-        await running
+        # Answered at their 1 ms timeout, while the run they wait for still holds the model,
+        # and their places are free again at once.
+        done, _ = await asyncio.wait(queued, timeout=5)
+        assert len(done) == 2 and not running.done() and model.batcher.queued == 0
         for call in queued:
             with pytest.raises(QueueTimeoutError, match="queue timeout of 1 ms"):
                 await call
+        late = asyncio.ensure_future(model.infer({"x": X}))  # a newcomer is queued, not refused
+        gate.set()
+        await running
+        await late
+
+
+async def test_a_request_timeout_shortens_the_queue_timeout_only_where_allowed(tmp_path):
+    model_with(tmp_path, "max_batch_size: 1 dynamic_batching { default_queue_policy { "
+                         "default_timeout_microseconds: 60000000 allow_timeout_override: true } }")
+    async with lifecycle(tmp_path) as (_, registry):
+        model = registry.resolve("m")
+        gate, entered = hold_runs(model)
+        running = asyncio.ensure_future(model.infer({"x": X}))
+        await asyncio.to_thread(entered.acquire, True, 10)
+        short = asyncio.ensure_future(model.infer({"x": X}, timeout_s=0.001))
+        longer = asyncio.ensure_future(model.infer({"x": X}, timeout_s=3600))  # capped: 60 s
+        with pytest.raises(QueueTimeoutError, match="queue timeout of 1 ms"):
+            await asyncio.wait_for(short, 5)
+        assert not longer.done()
+        gate.set()
+        await running
+        await longer
 
 
 async def test_instance_group_count_runs_that_many_batches_at_once(tmp_path):

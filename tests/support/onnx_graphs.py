@@ -205,3 +205,16 @@ def slow_matmul(path: Path, width: int = 1024, depth: int = 8, seed: int = 0) ->
         [numpy_helper.from_array(weight.astype(np.float32), "W")],
     )
     return _save(graph, path)
+
+
+def fan_out(path: Path, width: int) -> Path:
+    """x FP32 [N, 1] -> y FP32 [N, width], each row's value repeated: a small request that
+    asks for a large answer (4 * width bytes a row)."""
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])],
+        "fan_out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(np.array([1, width], np.int64), "shape")],
+    )
+    return _save(graph, path)

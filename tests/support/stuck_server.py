@@ -55,7 +55,6 @@ def stuck_loader(*args: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stuck_server")
-    parser.add_argument("serve", nargs="?", help="ignored (the `bnserve serve` word)")
     parser.add_argument("--repository", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
