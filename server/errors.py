@@ -15,8 +15,10 @@
      |         +-- ConfigError        and safe to show a client, ``detail`` goes to the log
      |                                only (it may hold host paths or onnxruntime's text)
 
-Only ``bnserve.server.servicer`` turns these into gRPC statuses; anything else that escapes
-a handler is a server bug and is answered INTERNAL with a generic message.
+Only ``bnserve.server.servicer`` turns these into gRPC statuses (and
+``bnserve.server.streaming`` into a stream response's ``error_message``), both through
+``client_message``; anything else that escapes a handler is a server bug and is answered
+INTERNAL with a generic message.
 """
 
 from __future__ import annotations
@@ -30,8 +32,19 @@ def quoted(text: str, limit: int = 64) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+MAX_STATUS_CHARS = 1024  # a status message is a sentence, never a dump
+
+
 class ServingError(Exception):
     status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+def client_message(exc: ServingError) -> str:
+    """What a client is told about ``exc``: its message, never longer than MAX_STATUS_CHARS."""
+    message = str(exc)
+    if len(message) > MAX_STATUS_CHARS:
+        message = message[:MAX_STATUS_CHARS] + "..."
+    return message
 
 
 class ModelNotFoundError(ServingError):

@@ -4,7 +4,9 @@ core, protobuf out.
 Every handler is wrapped by ``_handled``, the one place where domain errors become gRPC
 statuses and anything unexpected becomes INTERNAL "internal error" (logged with its
 traceback, never sent to the client). The registry answers lookups, the controller changes
-what is served, the admin guard decides who may change it.
+what is served, the admin guard decides who may change it. ModelStreamInfer sends each
+request of a stream down ModelInfer's path (``_infer``); ``bnserve.server.streaming`` keeps
+them in order and answers a failed one in its place, the stream staying open.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 from bnserve.server.admin import AdminGuard
 from bnserve.server.controller import RepositoryController
-from bnserve.server.errors import InvalidInputError, ModelNotFoundError, ServingError, quoted
+from bnserve.server.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    ServingError,
+    client_message,
+    quoted,
+)
 from bnserve.server.registry import ModelRegistry
 from bnserve.server.repository import check_model_name
+from bnserve.server.streaming import answer_stream
 from bnserve.server.triton_wire import (
     EXTENSIONS,
     check_repository_name,
@@ -40,8 +49,6 @@ from bnserve.server.wire import (
 
 log = logging.getLogger(__name__)
 
-MAX_STATUS_CHARS = 1024  # a status message is a sentence, never a dump
-
 
 def _handled(method):
     @functools.wraps(method)
@@ -49,10 +56,7 @@ def _handled(method):
         try:
             return await method(self, request, context)
         except ServingError as exc:
-            message = str(exc)
-            if len(message) > MAX_STATUS_CHARS:
-                message = message[:MAX_STATUS_CHARS] + "..."
-            await context.abort(exc.status_code, message)
+            await context.abort(exc.status_code, client_message(exc))
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -91,6 +95,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_handled
     async def ModelInfer(self, request, context):
+        return await self._infer(request)
+
+    @_handled
+    async def ModelStreamInfer(self, request_iterator, context):
+        # Each request takes the unary path; answer_stream orders, bounds and cancels them.
+        await answer_stream(request_iterator, self._infer, context.write)
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """One inference request, unary or from a stream: counted once in the metrics."""
         label, code = "_unknown", "OK"  # never a metric label per unknown name a client sends
         try:
             # Look-up, decode and enqueue with no await between them: a version swap cannot
