@@ -5,7 +5,14 @@ Same methods and semantics as ``Client``, awaited.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import grpc
@@ -21,6 +28,7 @@ from bnserve.client.errors import (
 from bnserve.client.messages import (
     ModelMetadata,
     RepositoryModel,
+    StreamItem,
     as_dict,
     index_from_response,
     infer_request,
@@ -28,6 +36,8 @@ from bnserve.client.messages import (
     metadata_from_response,
     outputs_from_response,
     predict_chunks,
+    stream_request,
+    stream_result,
 )
 from bnserve.proto import open_inference_pb2 as pb
 
@@ -124,6 +134,62 @@ class AsyncClient(ClientBase):
             )
             parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def stream(
+        self,
+        model: str,
+        inputs: AsyncIterable[StreamItem] | Iterable[StreamItem],
+        *,
+        version: str = "",
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[dict[str, np.ndarray], None]:
+        """``Client.stream``, asyncio: ``async for outputs in c.stream("m", items): ...``.
+        ``inputs`` may be an async iterable or a plain one; ``await .aclose()`` cancels the
+        stream when leaving the loop early."""
+        deadline = self._deadline(timeout)
+        stub = self._stubs[self._order.order()[0]]
+        return self._stream(stub, model, inputs, version, outputs, deadline)
+
+    async def _stream(self, stub: Any, model: str,
+                      inputs: AsyncIterable[StreamItem] | Iterable[StreamItem], version: str,
+                      outputs: Sequence[str] | None,
+                      deadline: float | None) -> AsyncGenerator[dict[str, np.ndarray], None]:
+        failed: list[Exception] = []  # an item that could not become a request stops the sending
+
+        async def items() -> AsyncIterator[StreamItem]:
+            if isinstance(inputs, AsyncIterable):
+                async for item in inputs:
+                    yield item
+            else:
+                for item in inputs:
+                    yield item
+
+        async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+            try:  # grpc consumes this in its own task: an exception is handed over
+                index = 0
+                async for item in items():
+                    meta = None
+                    if not isinstance(item, Mapping):
+                        meta = self._metadata_cache.get((model, version)) or await self.metadata(
+                            model, version=version, timeout=self._left(deadline))
+                    yield stream_request(model, item, index=index, version=version,
+                                         outputs=outputs, meta=meta)
+                    index += 1
+            except Exception as exc:
+                failed.append(exc)
+
+        call = stub.ModelStreamInfer(requests(), timeout=self._left(deadline))
+        try:
+            with translate_rpc_errors():
+                index = 0
+                async for response in call:
+                    yield stream_result(response, index)
+                    index += 1
+            if failed:
+                raise failed[0]
+        finally:
+            call.cancel()  # a no-op once the stream has ended
 
     # -- Triton's extensions ------------------------------------------------------------------
 

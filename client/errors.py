@@ -14,7 +14,10 @@
      +-- ServerError                INTERNAL and anything else
 
 ``translate_rpc_errors()`` is the one place a ``grpc.RpcError`` becomes one of these; the
-original error stays reachable as ``__cause__``.
+original error stays reachable as ``__cause__``. An item of ``stream()`` that the server
+answers with an error raises the class unary ``infer()`` would, chosen by the status name a
+bnserve server puts beside the message (``ServerError`` with code UNKNOWN from a server that
+sends only the message, such as Triton), with ``.index`` the item's position in the stream.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ __all__ = [
 
 
 class BnserveError(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
+    def __init__(self, code: grpc.StatusCode, details: str, *, index: int | None = None) -> None:
+        where = "" if index is None else f" (stream item {index})"
+        super().__init__(f"{code.name}: {details}{where}")
         self.code = code
         self.details = details
+        self.index = index  # the failed item's position in a stream; None outside streams
 
 
 class ModelNotFoundError(BnserveError):
@@ -93,6 +98,12 @@ def error_from_rpc(exc: grpc.RpcError) -> BnserveError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     return _BY_CODE.get(code, ServerError)(code, details)
+
+
+def error_from_stream(message: str, status: str, index: int) -> BnserveError:
+    """A stream item's error response: ``status`` is the gRPC status name, "" when unknown."""
+    code = grpc.StatusCode.__members__.get(status, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, ServerError)(code, message, index=index)
 
 
 @contextlib.contextmanager

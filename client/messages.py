@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 from google.protobuf import json_format
 from numpy.typing import ArrayLike
 
+from bnserve.client.errors import ServerError, error_from_stream
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.tensors import datatype_of, decode_contents, decode_raw, dtype_of, encode_raw
 
@@ -79,6 +81,49 @@ def outputs_from_response(response: pb.ModelInferResponse) -> dict[str, np.ndarr
             array = decode_contents(tensor.contents, tensor.datatype, tensor.shape, name=tensor.name)
         result[tensor.name] = array
     return result
+
+
+# One item of stream(): named arrays, sent as they are (like infer), or one array for a
+# one-input model, cast to its input's dtype (like predict).
+StreamItem = Mapping[str, ArrayLike] | ArrayLike
+
+STATUS_PARAMETER = "bnserve_status"  # a bnserve error response's gRPC status name
+
+
+def stream_request(
+    model: str,
+    item: StreamItem,
+    *,
+    index: int,
+    version: str,
+    outputs: Sequence[str] | None,
+    meta: ModelMetadata | None,
+) -> pb.ModelInferRequest:
+    """The request for item ``index`` of a stream; its id is the index. ``meta`` (the model's
+    metadata) is needed only when ``item`` is a bare array."""
+    if isinstance(item, Mapping):
+        inputs = item
+    else:
+        assert meta is not None, "a bare array needs the model's metadata"
+        if len(meta.inputs) != 1:
+            raise ValueError(f"model {meta.name!r} has {len(meta.inputs)} inputs; "
+                             "stream dicts of named arrays")
+        inputs = {meta.inputs[0].name: np.asarray(item, dtype=meta.inputs[0].dtype)}
+    return infer_request(model, inputs, version=version, outputs=outputs, request_id=str(index))
+
+
+def stream_result(response: pb.ModelStreamInferResponse, index: int) -> dict[str, np.ndarray]:
+    """The outputs of item ``index``, or its error raised (a BnserveError with ``.index``)."""
+    answer = response.infer_response
+    if answer.id and answer.id != str(index):
+        raise ServerError(grpc.StatusCode.UNKNOWN,
+                          f"the server answered request {answer.id[:64]!r} in the place of "
+                          f"{str(index)!r}: responses out of order", index=index)
+    if response.error_message:
+        status = answer.parameters[STATUS_PARAMETER].string_param \
+            if STATUS_PARAMETER in answer.parameters else ""
+        raise error_from_stream(response.error_message, status, index)
+    return outputs_from_response(answer)
 
 
 def predict_chunks(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from bnserve.client.errors import (
 from bnserve.client.messages import (
     ModelMetadata,
     RepositoryModel,
+    StreamItem,
     as_dict,
     index_from_response,
     infer_request,
@@ -25,6 +26,8 @@ from bnserve.client.messages import (
     metadata_from_response,
     outputs_from_response,
     predict_chunks,
+    stream_request,
+    stream_result,
 )
 from bnserve.proto import open_inference_pb2 as pb
 
@@ -133,6 +136,60 @@ class Client(ClientBase):
             )
             parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def stream(
+        self,
+        model: str,
+        inputs: Iterable[StreamItem],
+        *,
+        version: str = "",
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> Generator[dict[str, np.ndarray], None, None]:
+        """Send every item of ``inputs`` over one ModelStreamInfer stream; yield each item's
+        outputs, in order, as ``infer`` returns them.
+
+        An item is a dict of named arrays (sent as they are, like ``infer``) or one array for
+        a one-input model (cast to its input's dtype, like ``predict``). ``inputs`` is read
+        lazily, as the stream lets requests go, so it may be endless. Many items are in flight
+        at once and batch with each other and with other callers. The first item the server
+        refuses raises what ``infer`` would raise for it, with ``.index`` its position; the
+        stream is then cancelled, so later items get no answer. An item that cannot be
+        encoded raises in its place too. ``timeout`` bounds the whole stream, counted from
+        this call; a stream uses one of the client's addresses (the next in turn) and does
+        not fail over. Leaving the loop early cancels the stream once the generator is closed
+        (``.close()``, or when it is collected).
+        """
+        deadline = self._deadline(timeout)
+        stub = self._stubs[self._order.order()[0]]
+        return self._stream(stub, model, inputs, version, outputs, deadline)
+
+    def _stream(self, stub: Any, model: str, inputs: Iterable[StreamItem], version: str,
+                outputs: Sequence[str] | None,
+                deadline: float | None) -> Generator[dict[str, np.ndarray], None, None]:
+        failed: list[Exception] = []  # an item that could not become a request stops the sending
+
+        def requests() -> Iterator[pb.ModelInferRequest]:
+            try:  # runs in one of grpc's threads: an exception is handed over, not raised there
+                for index, item in enumerate(inputs):
+                    meta = None
+                    if not isinstance(item, Mapping):
+                        meta = self._metadata_cache.get((model, version)) or self.metadata(
+                            model, version=version, timeout=self._left(deadline))
+                    yield stream_request(model, item, index=index, version=version,
+                                         outputs=outputs, meta=meta)
+            except Exception as exc:
+                failed.append(exc)
+
+        call = stub.ModelStreamInfer(requests(), timeout=self._left(deadline))
+        try:
+            with translate_rpc_errors():
+                for index, response in enumerate(call):
+                    yield stream_result(response, index)
+            if failed:
+                raise failed[0]
+        finally:
+            call.cancel()  # a no-op once the stream has ended
 
     # -- Triton's extensions ------------------------------------------------------------------
 

@@ -21,9 +21,11 @@
      |         +-- ConfigError        and safe to show a client, ``detail`` goes to the log
      |                                only (it may hold host paths or onnxruntime's text)
 
-Only ``bnserve.server.servicer`` turns these into gRPC statuses (and, for the token refusals
-it answers before any handler runs, ``bnserve.server.auth``'s interceptor); anything else
-that escapes a handler is a server bug and is answered INTERNAL with a generic message.
+Only ``bnserve.server.transport`` turns these into gRPC statuses (and
+``bnserve.server.streaming`` into a stream response's ``error_message``; ``auth``'s
+interceptor answers token refusals before any handler runs), both through
+``client_message``; anything else that escapes a handler is a server bug and is answered
+INTERNAL with a generic message and a request id.
 """
 
 from __future__ import annotations
@@ -37,8 +39,19 @@ def quoted(text: str, limit: int = 64) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+MAX_STATUS_CHARS = 1024  # a status message is a sentence, never a dump
+
+
 class ServingError(Exception):
     status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+def client_message(exc: ServingError) -> str:
+    """What a client is told about ``exc``: its message, never longer than MAX_STATUS_CHARS."""
+    message = str(exc)
+    if len(message) > MAX_STATUS_CHARS:
+        message = message[:MAX_STATUS_CHARS] + "..."
+    return message
 
 
 class ModelNotFoundError(ServingError):

