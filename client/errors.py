@@ -4,6 +4,7 @@
      +-- ModelNotFoundError         NOT_FOUND: unknown model or version
      +-- InvalidRequestError        INVALID_ARGUMENT: the request does not fit the model
      +-- ServerUnavailableError     UNAVAILABLE: no server reachable, or it is shutting down
+     |                              (also CANCELLED, which a stopping server may answer)
      +-- ServerBusyError            RESOURCE_EXHAUSTED: the model's queue is full; retry later
      +-- DeadlineExceededError      DEADLINE_EXCEEDED: the call's timeout passed
      +-- UnauthenticatedError       UNAUTHENTICATED / PERMISSION_DENIED: a call without a
@@ -82,10 +83,16 @@ class ServerError(BnserveError):
     pass
 
 
+# Codes after which a call moves on to the client's next address: UNAVAILABLE (that server is
+# down or draining) and CANCELLED, which a stopping server answers for calls it had received
+# but not started (grpc/grpc#41785); the client never cancels a call of its own that way.
+RETRY_ELSEWHERE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
 _BY_CODE: dict[grpc.StatusCode, type[BnserveError]] = {
     grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
+    grpc.StatusCode.CANCELLED: ServerUnavailableError,  # see RETRY_ELSEWHERE
     grpc.StatusCode.RESOURCE_EXHAUSTED: ServerBusyError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,

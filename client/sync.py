@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike
 
 from bnserve.client.channels import ClientBase
 from bnserve.client.errors import (
+    RETRY_ELSEWHERE,
     DeadlineExceededError,
     ServerUnavailableError,
     translate_rpc_errors,
@@ -65,8 +66,8 @@ class Client(ClientBase):
                     return getattr(stub, method)(request, timeout=remaining,
                                                metadata=metadata or self._auth)
                 except grpc.RpcError as exc:
-                    # UNAVAILABLE: that server is down or draining; the next one may answer.
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE or last:
+                    # That server is down or draining (RETRY_ELSEWHERE); the next may answer.
+                    if exc.code() not in RETRY_ELSEWHERE or last:
                         raise
         raise AssertionError("unreachable")
 

@@ -175,7 +175,7 @@ class InferenceServer:
         try:
             await asyncio.wait_for(self.controller.stop(), timeout=1.0)
         except TimeoutError:
-            log.warning("a model run outlived the shutdown grace period; not waiting for it")
+            log.warning("stopping the models took over a second; not waiting any longer")
         self.codec.close()
         self._unwatch()
 

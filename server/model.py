@@ -5,6 +5,7 @@ request must pass. The loader builds it (``bnserve.server.loader``); the registr
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +82,8 @@ class ServedModel:
         self._output_names = {spec.name for spec in self.outputs}
         self.batchable = plan.max_batch_size > 0
         self.max_batch_size = plan.max_batch_size
+        self._running = 0  # runtime calls in progress (executor threads update it)
+        self._running_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=settings.instance_count,
                                             thread_name_prefix=f"ort-{name}-{version}")
 
@@ -114,14 +117,20 @@ class ServedModel:
         onnxruntime converts strings to and from Python objects holding the GIL, 75 ms for
         250k of them, which would stall the event loop. Only for models whose rows are
         independent (the batching ones), where slicing cannot change an answer."""
-        strings = max((a.size for a in feeds.values() if a.dtype == object), default=0)
-        if strings <= STRING_RUN_ELEMENTS or not self.plan.batching:
-            return self.session.run(feeds)
-        rows = next(iter(feeds.values())).shape[0]
-        step = max(1, rows * STRING_RUN_ELEMENTS // strings)
-        parts = [self.session.run({n: a[i:i + step] for n, a in feeds.items()})
-                 for i in range(0, rows, step)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        with self._running_lock:
+            self._running += 1
+        try:
+            strings = max((a.size for a in feeds.values() if a.dtype == object), default=0)
+            if strings <= STRING_RUN_ELEMENTS or not self.plan.batching:
+                return self.session.run(feeds)
+            rows = next(iter(feeds.values())).shape[0]
+            step = max(1, rows * STRING_RUN_ELEMENTS // strings)
+            parts = [self.session.run({n: a[i:i + step] for n, a in feeds.items()})
+                     for i in range(0, rows, step)]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        finally:
+            with self._running_lock:
+                self._running -= 1
 
     def start(self) -> None:
         self.batcher.start()
@@ -137,6 +146,9 @@ class ServedModel:
         shutdown)."""
         await self.batcher.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._running:
+            log.warning("model %r version %s: a run outlived the shutdown grace period; not "
+                        "waiting for it", self.name, self.version)
 
     def check(self, headers: Mapping[str, Header], outputs: Sequence[RequestedOutput] = ()
               ) -> int:

@@ -218,6 +218,7 @@ def test_a_stuck_model_run_does_not_keep_the_process_alive(tmp_path):
     assert elapsed < grace + 2, f"exit {elapsed:.2f}s after SIGTERM:\n{log}"
     assert code == 0, log
     assert "exiting with 1 runtime thread(s) still busy" in log, log
+    assert "a run outlived the shutdown grace period" in log, log
     assert "Traceback" not in log
     assert outcome and outcome[0] != OK
     print(f"\nstuck run: exit {code} after {elapsed:.3f}s (grace {grace}s); the stuck call "
