@@ -209,8 +209,8 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace_s)),
         # Calls grpc has accepted but the server has not started: bounded, and not kept
         # waiting long (a flood of new streams is refused rather than queued).
-        ("grpc.server.max_pending_requests", 4 * settings.max_concurrent_streams),
-        ("grpc.server.max_pending_requests_hard_limit", 16 * settings.max_concurrent_streams),
+        ("grpc.server.max_pending_requests", 512),
+        ("grpc.server.max_pending_requests_hard_limit", 2048),
         ("grpc.server_max_unrequested_time_in_server", 5),
     ]
 

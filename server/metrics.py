@@ -16,7 +16,7 @@ REQUESTS = Counter(
 REJECTED = Counter(
     "bnserve_rejected_calls_total",
     "Calls refused before any model saw them, by RPC method and reason (malformed, "
-    "unauthenticated, permission_denied, response_too_large, response_memory, ...)",
+    "unauthenticated, permission_denied)",
     ["method", "reason"],
 )
 BATCH_ROWS = Histogram(

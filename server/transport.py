@@ -101,14 +101,17 @@ class InferenceTransport:
                     codec.check_size(len(response))
                 return response
             except ServingError as exc:
-                await context.abort(exc.status_code, client_message(exc))
+                status = exc.status_code, client_message(exc)
             except grpc.aio.AbortError:
                 raise
             except Exception:
                 rid = request_id()
                 log.exception("%s failed (request id %s)", method, rid)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
-            raise AssertionError("unreachable: abort raises")
+                status = grpc.StatusCode.INTERNAL, f"internal error (request id {rid})"
+            # Outside the except block: aborting inside it would chain the exception, whose
+            # traceback keeps the frames alive (with the encoded answer a refused call held)
+            # until the garbage collector finds the cycle.
+            await context.abort(*status)
 
         return handler
 

@@ -73,6 +73,7 @@ class StreamState:
 class GoAway:
     error_code: int
     last_stream_id: int
+    debug_data: bytes = b""
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -256,7 +257,8 @@ class H2GrpcConnection:
             kind, flags = buffer[3], buffer[4]
             if kind == GOAWAY and self.goaway is None and length >= 8:
                 last_stream = int.from_bytes(buffer[9:13], "big") & 0x7FFFFFFF
-                self.goaway = GoAway(int.from_bytes(buffer[13:17], "big"), last_stream)
+                self.goaway = GoAway(int.from_bytes(buffer[13:17], "big"), last_stream,
+                                     bytes(buffer[17:9 + length]))
             elif kind == PING and self.raw and not flags & ACK:
                 self._raw_out += frame(PING, ACK, 0, bytes(buffer[9:9 + length]))
             del buffer[:9 + length]
@@ -286,8 +288,10 @@ class H2GrpcConnection:
 
 
 def rapid_reset(port: int, seconds: float, message: bytes,
-                on_started: Callable[[], None] = lambda: None) -> dict[str, object]:
-    """Open, send and reset streams on one connection as fast as this process can write.
+                on_started: Callable[[], None] = lambda: None,
+                rate: float | None = None) -> dict[str, object]:
+    """Open, send and reset streams on one connection as fast as this process can write
+    (or ``rate`` streams a second).
 
     h2 sets the connection up; then the frames are written by hand (h2's per-stream state
     would take most of this process's time): one HEADERS block of HPACK literals that are
@@ -322,6 +326,8 @@ def rapid_reset(port: int, seconds: float, message: bytes,
                 on_started()
             opened += RESET_BATCH
             connection.receive(0)
+            if rate:
+                time.sleep(max(0.0, start + opened / rate - time.monotonic()))
     except (TimeoutError, OSError) as exc:
         failure = f"{type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - start
@@ -336,6 +342,7 @@ def rapid_reset(port: int, seconds: float, message: bytes,
         "goaway": None if goaway is None else {
             "error_code": goaway.error_code, "error_name": error_name(goaway.error_code),
             "last_stream_id": goaway.last_stream_id,
+            "debug_data": goaway.debug_data.decode(errors="replace"),
         },
         "failure": failure,
     }
@@ -353,10 +360,10 @@ def one_row_request(model: str, input_name: str, width: int) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 6 or argv[0] != "rapid-reset":
+    if len(argv) not in (6, 7) or argv[0] != "rapid-reset":
         print(__doc__, file=sys.stderr)
         return 2
-    _, address, seconds, model, input_name, width = argv
+    _, address, seconds, model, input_name, width, *rate = argv
     host, _, port = address.rpartition(":")
     if host not in ("127.0.0.1", "localhost"):
         print("rapid-reset only talks to 127.0.0.1", file=sys.stderr)
@@ -366,7 +373,8 @@ def main(argv: list[str]) -> int:
         print("started", flush=True)
 
     result = rapid_reset(int(port), float(seconds),
-                         one_row_request(model, input_name, int(width)), on_started=started)
+                         one_row_request(model, input_name, int(width)), on_started=started,
+                         rate=float(rate[0]) if rate else None)
     print(json.dumps(result), flush=True)
     return 0
 

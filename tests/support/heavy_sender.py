@@ -1,8 +1,10 @@
 """Keeps large ModelInfer calls in flight against a server, from its own process (so that
 building and sending 60 MiB messages does not share an interpreter with the measuring
-side). Usage: heavy_sender.py ADDRESS SECONDS MODEL:DATATYPE:ROWS:WIDTH:ITEM_BYTES ...
+side). Usage: heavy_sender.py ADDRESS SECONDS MODEL:DATATYPE:ROWS:WIDTH:ITEM_BYTES[:PERIOD_S] ...
 
-Each spec gets one thread that sends the same pre-serialized request again and again.
+Each spec gets one thread that sends the same pre-serialized request again and again, one
+call at a time, starting one at most every PERIOD_S seconds (so that two servers compared
+get the same traffic).
 Prints one JSON line: per spec, calls answered OK and the status names of the others.
 """
 
@@ -37,19 +39,22 @@ def main() -> None:
     results: dict[str, dict[str, int]] = {}
 
     def send(spec: str) -> None:
-        model, datatype, rows, width, item = spec.split(":")
+        model, datatype, rows, width, item, *period = spec.split(":")
+        every = float(period[0]) if period else 0.0
         data = build(model, datatype, int(rows), int(width), int(item))
         counts = results.setdefault(spec, {})
         with grpc.insecure_channel(address, options=options) as channel:
             call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             end = time.monotonic() + float(seconds)
             while time.monotonic() < end:
+                started = time.monotonic()
                 try:
                     call(data, timeout=60)
                     code = "OK"
                 except grpc.RpcError as exc:
                     code = exc.code().name
                 counts[code] = counts.get(code, 0) + 1
+                time.sleep(max(0.0, started + every - time.monotonic()))
 
     threads = [threading.Thread(target=send, args=(spec,)) for spec in specs]
     for thread in threads:
