@@ -75,6 +75,12 @@ def _is_empty_shape(shape) -> bool:
     return any(d == 0 for d in shape)
 
 
+def _integer(parameter: pb.InferParameter) -> int | None:
+    """An InferParameter's integer value; None when it holds something else."""
+    kind = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+
+
 MAX_TIMEOUT_US = 3600 * 10**6  # an hour: a longer queue timeout is no timeout at all
 
 
@@ -83,9 +89,7 @@ def request_timeout(request: pb.ModelInferRequest) -> float | None:
     absent: the model's own queue timeout."""
     if "timeout" not in request.parameters:
         return None
-    parameter = request.parameters["timeout"]
-    kind = parameter.WhichOneof("parameter_choice")
-    value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+    value = _integer(request.parameters["timeout"])
     if value is None or not 0 <= value <= MAX_TIMEOUT_US:
         raise InvalidInputError(
             f"parameters['timeout'] must be an integer number of microseconds from 0 to "
@@ -102,9 +106,7 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:
     for output in request.outputs:
         k = None
         if "classification" in output.parameters:
-            parameter = output.parameters["classification"]
-            kind = parameter.WhichOneof("parameter_choice")
-            value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+            value = _integer(output.parameters["classification"])
             if value is None or not 1 <= value <= MAX_CLASSIFICATION:
                 raise InvalidInputError(
                     f"output {quoted(output.name, 128)}: parameter 'classification' must be an integer "

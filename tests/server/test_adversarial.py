@@ -8,7 +8,6 @@ answered but not counted is invisible to an operator.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.tensors import encode_raw
 from support import onnx_graphs
+from support.ports import free_port
 from support.subprocess_server import SubprocessServer
 from support.waiting import wait_for
 
@@ -66,11 +66,6 @@ def _doubled(path, width: int) -> None:
     onnx.save(model, str(path))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -82,7 +77,7 @@ def server(tmp_path_factory):
         "max_batch_size: 64\n"
         "dynamic_batching { max_queue_delay_microseconds: 0\n"
         "  default_queue_policy { max_queue_size: 2 allow_timeout_override: true } }\n")
-    metrics_port = _free_port()
+    metrics_port = free_port()
     with SubprocessServer(root, "--metrics-port", str(metrics_port),
                           env={"BNSERVE_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
                                "BNSERVE_DRAIN_WINDOW_S": "0"}) as running:

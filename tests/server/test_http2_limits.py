@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from bnserve.proto import open_inference_pb2 as pb
 from bnserve.server.app import SERVICE_NAME
 from support import h2_grpc, onnx_graphs
 from support.h2_grpc import H2GrpcConnection
+from support.ports import free_port
 from support.subprocess_server import SubprocessServer
 
 H2_GRPC = Path(h2_grpc.__file__)
@@ -52,11 +52,6 @@ ANSWER_BYTES = 4 * WIDTH
 BUDGET = 8 << 20  # response_memory_bytes: room for two unread answers, not three
 CONNECTIONS, STREAMS_PER_CONNECTION = 8, 6  # 48 answers asked: 144 MiB if all were held
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_bytes(pid: int) -> int:

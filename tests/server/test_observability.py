@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -18,14 +17,9 @@ from bnserve.client import Client, InvalidRequestError, ServerUnavailableError
 from bnserve.server.app import SERVICE_NAME
 from bnserve.server.settings import ServerSettings
 from support import onnx_graphs
+from support.ports import free_port
 from support.server_thread import ServerThread
 from support.waiting import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
