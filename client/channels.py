@@ -19,7 +19,23 @@ DEFAULT_ADDRESS = "localhost:8001"
 
 # round_robin spreads calls over every address a target resolves to: a Kubernetes headless
 # Service given as "dns:///name:8001" reaches every replica without a proxy.
-_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# round_robin over every address a name resolves to (a headless Service's pods), and a quick
+# retry of calls answered UNAVAILABLE: above all streams the server refused (HTTP/2
+# REFUSED_STREAM) when a connection had more calls open than its max_concurrent_streams, which
+# no server ever started. Inference is idempotent; the call's deadline bounds the retries.
+_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "inference.GRPCInferenceService"}],
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.01s",
+            "maxBackoff": "0.1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
 
 
 @dataclass(frozen=True)

@@ -116,12 +116,12 @@ class ServerSettings(BaseSettings):
         "their calls end (deadline, disconnect, connection age).",
     )
     max_concurrent_streams: int = Field(
-        default=32,
+        default=64,
         ge=1,
-        description="HTTP/2 streams (calls) one connection may have open at once; a client "
-        "queues the rest. Low enough that one connection opening and resetting streams "
-        "(rapid reset) cannot crowd out other clients; a client wanting more concurrency "
-        "opens more connections (or uses several servers).",
+        description="HTTP/2 streams (calls) one connection may have open at once. Low enough "
+        "that one connection opening and resetting streams (rapid reset) cannot crowd out "
+        "other clients; a client keeping more calls open on one connection gets some refused "
+        "(UNAVAILABLE), so it opens more connections, or this is raised.",
     )
     keepalive_time_s: float = Field(
         default=60.0,
