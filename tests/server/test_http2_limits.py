@@ -163,6 +163,34 @@ def wide_request() -> bytes:
     return request.SerializeToString()
 
 
+def test_a_client_keeping_max_concurrent_streams_calls_open_gets_every_answer(tmp_path):
+    """The other side of the stream limit: 64 workers looping on one connection (the
+    default limit) are all answered; grpc refuses some streams only beyond it."""
+    import asyncio
+
+    onnx_graphs.linear_softmax(tmp_path / "linear" / "1" / "model.onnx")
+    x = np.ones((1, 4), np.float32)
+
+    async def load(address: str) -> list[BaseException]:
+        from bnserve.client import AsyncClient
+
+        failures: list[BaseException] = []
+        async with AsyncClient(address, timeout=30) as client:
+            async def worker() -> None:
+                for _ in range(20):
+                    try:
+                        await client.infer("linear", {"input": x})
+                    except Exception as exc:  # noqa: BLE001 - every failure is counted
+                        failures.append(exc)
+
+            await asyncio.gather(*(worker() for _ in range(64)))
+        return failures
+
+    with SubprocessServer(tmp_path) as server:
+        failures = asyncio.run(load(server.address))
+    assert not failures, [str(f)[:200] for f in failures[:3]]
+
+
 def test_unread_answers_are_held_within_the_response_memory_budget(tmp_path):
     onnx_graphs.fan_out(tmp_path / "wide" / "1" / "model.onnx", WIDTH)
     onnx_graphs.linear_softmax(tmp_path / "linear" / "1" / "model.onnx")
