@@ -149,7 +149,7 @@ class AsyncClient(ClientBase):
         ``inputs`` may be an async iterable or a plain one; ``await .aclose()`` cancels the
         stream when leaving the loop early."""
         deadline = self._deadline(timeout)
-        stub = self._stubs[self._order.order()[0]]
+        stub = self._stub(self._order.order()[0])
         return self._stream(stub, model, inputs, version, outputs, deadline)
 
     async def _stream(self, stub: Any, model: str,

@@ -90,7 +90,7 @@ class RoundRobin:
 
 
 class ClientBase:
-    """What Client and AsyncClient share: addresses, TLS, one stub per address, caches.
+    """What Client and AsyncClient share: addresses, TLS, stubs per address, caches.
 
     ``address``: "host:port", a gRPC target such as "dns:///name:8001", or a list of them.
     ``timeout``: default seconds per call (None: no deadline); every method takes its own.
@@ -102,6 +102,8 @@ class ClientBase:
     (index, load, unload) only; give one address for those, they change one server.
     ``auth_token``: sent as ``authorization: Bearer <token>`` on every other call (and on the
     repository calls when there is no ``admin_token``), for a server with ``--auth-token-file``.
+    ``connections``: connections per address (4); calls take them in turn, so that more
+    calls than a server's max_concurrent_streams per connection can be in flight.
     ``_grpc`` is ``grpc`` or ``grpc.aio``: both offer the same channel constructors.
     """
 
@@ -120,6 +122,7 @@ class ClientBase:
         admin_token: str | None = None,
         auth_token: str | None = None,
         tls_server_name: str | None = None,
+        connections: int = 4,
     ) -> None:
         config = channel_config(
             address,
@@ -134,13 +137,22 @@ class ClientBase:
         self.timeout = timeout
         self._auth = bearer_metadata(auth_token)
         self._admin = bearer_metadata(admin_token) if admin_token is not None else self._auth
-        self._channels = [
-            self._grpc.secure_channel(a, config.credentials, config.options)
-            if config.credentials
-            else self._grpc.insecure_channel(a, config.options)
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        # Each channel of an address has its own connection (a local subchannel pool; grpc
+        # would otherwise share one): a server admits max_concurrent_streams calls per
+        # connection, so several let one client keep more calls in flight.
+        options = config.options + (("grpc.use_local_subchannel_pool", 1),)
+        self._pools = [
+            [self._grpc.secure_channel(a, config.credentials, options)
+             if config.credentials else self._grpc.insecure_channel(a, options)
+             for _ in range(connections)]
             for a in config.addresses
         ]
-        self._stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
+        self._channels = [channel for pool in self._pools for channel in pool]
+        self._stubs = [[pb_grpc.GRPCInferenceServiceStub(c) for c in pool]
+                       for pool in self._pools]
+        self._turns = itertools.count()
         self._order = RoundRobin(len(self._stubs))
         self._metadata_cache: dict[tuple[str, str], ModelMetadata] = {}
 
@@ -163,4 +175,9 @@ class ClientBase:
         order = self._order.order()
         for attempt, index in enumerate(order):
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            yield self._stubs[index], remaining, attempt == len(order) - 1
+            yield self._stub(index), remaining, attempt == len(order) - 1
+
+    def _stub(self, index: int) -> Any:
+        """A stub for address ``index``, on its connections in turn."""
+        pool = self._stubs[index]
+        return pool[next(self._turns) % len(pool)]

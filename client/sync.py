@@ -162,7 +162,7 @@ class Client(ClientBase):
         (``.close()``, or when it is collected).
         """
         deadline = self._deadline(timeout)
-        stub = self._stubs[self._order.order()[0]]
+        stub = self._stub(self._order.order()[0])
         return self._stream(stub, model, inputs, version, outputs, deadline)
 
     def _stream(self, stub: Any, model: str, inputs: Iterable[StreamItem], version: str,

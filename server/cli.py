@@ -12,6 +12,8 @@ import threading
 
 log = logging.getLogger(__name__)
 
+GIL_SWITCH_INTERVAL_S = 0.001
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -77,6 +79,9 @@ async def serve_until_signalled(settings, *, port_file: str | None = None,
     True when the drain ran to its end."""
     from bnserve.server.app import build_server
 
+    # The event loop shares the GIL with the codec and runtime threads; by default a thread
+    # that wants it waits up to 5 ms per handover, which a health check pays several times.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = build_server(settings) if loader is None else build_server(settings, loader=loader)
     await server.start()
     if port_file:

@@ -42,6 +42,8 @@ from bnserve.server.wire import (
     requested_outputs,
 )
 
+DEADLINE_SLACK_S = 0.1  # a cancel this close to the deadline is the deadline's
+
 
 class InferenceServicer:
     def __init__(self, registry: ModelRegistry, controller: RepositoryController,
@@ -99,8 +101,11 @@ class InferenceServicer:
             code = exc.status_code.name
             raise
         except asyncio.CancelledError:  # the client went away or its deadline passed
+            # A client whose deadline passes resets the call itself, a little before the
+            # server's copy of that deadline (the header's timeout started later here).
             remaining = context.time_remaining()
-            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            code = ("DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK_S
+                    else "CANCELLED")
             raise
         except Exception:
             code = "INTERNAL"

@@ -116,7 +116,7 @@ class ServerSettings(BaseSettings):
         "their calls end (deadline, disconnect, connection age).",
     )
     max_concurrent_streams: int = Field(
-        default=64,
+        default=32,
         ge=1,
         description="HTTP/2 streams (calls) one connection may have open at once. Low enough "
         "that one connection opening and resetting streams (rapid reset) cannot crowd out "
