@@ -27,6 +27,7 @@ from bnserve.server.app import SERVICE_NAME
 from support import h2_grpc, onnx_graphs
 from support.h2_grpc import H2GrpcConnection
 from support.ports import free_port
+from support.quiet import no_collection_pauses
 from support.subprocess_server import SubprocessServer
 
 H2_GRPC = Path(h2_grpc.__file__)
@@ -70,14 +71,15 @@ def percentiles(latencies_s: list[float]) -> dict[str, float]:
 def measure(call, seconds: float) -> tuple[dict[str, float], list[str]]:
     """Small ModelInfer calls one after another for ``seconds``: latencies and failures."""
     latencies, failures = [], []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        start = time.perf_counter()
-        try:
-            call(SMALL, timeout=10)
-        except grpc.RpcError as exc:
-            failures.append(exc.code().name)
-        latencies.append(time.perf_counter() - start)
+    with no_collection_pauses():
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            try:
+                call(SMALL, timeout=10)
+            except grpc.RpcError as exc:
+                failures.append(exc.code().name)
+            latencies.append(time.perf_counter() - start)
     return percentiles(latencies), failures
 
 
