@@ -217,43 +217,49 @@ class ServedModel:
         """The inputs as the runtime takes them, and their rows (see ``check``)."""
         rows = self.check({name: (datatype_of(array.dtype), array.shape)
                            for name, array in inputs.items()}, outputs)
-        return {name: _runtime_form(array, name) for name, array in inputs.items()}, rows
+        return self.runtime_inputs(inputs), rows
+
+    @staticmethod
+    def runtime_inputs(inputs: Tensors) -> Tensors:
+        """The inputs as the runtime takes them (BYTES as str), without the checks."""
+        return {name: _runtime_form(array, name) for name, array in inputs.items()}
 
     def reserve(self) -> Ticket:
         """A place in the queue for a request still being decoded (off the event loop): a
         drain waits for it and a full queue refuses it now, before the work."""
         return self.batcher.reserve()
 
+    def release(self, ticket: Ticket) -> None:
+        """Give back a reserved place: the request was refused before it was queued."""
+        self.batcher.release(ticket)
+
     async def infer(self, inputs: Tensors, outputs: Sequence[RequestedOutput] = (), *,
                     ticket: Ticket | None = None, timeout_s: float | None = None,
-                    prepared: bool = False) -> Tensors:
+                    rows: int | None = None) -> Tensors:
         """Answer one request. Without a ``ticket`` it is queued before this coroutine first
         suspends, so a caller that awaits it right after looking the model up is never lost
         to a version swap; with one, its reserved place is used. ``timeout_s``: the
-        request's own queue timeout (Triton's ``timeout`` parameter). ``prepared``: the
-        inputs come from ``prepare`` already (done off the event loop for large ones)."""
+        request's own queue timeout (Triton's ``timeout`` parameter). ``rows``: the caller
+        has already checked the request (``check`` gave these rows) and converted its
+        inputs (``runtime_inputs``); the server does so before and while decoding."""
         started = time.perf_counter()
-        ok, rows = False, 0
+        ok = False
         try:
             try:
-                if prepared:
-                    runtime_inputs = inputs
-                    rows = self.check({n: (datatype_of(a.dtype), a.shape)
-                                       for n, a in inputs.items()}, outputs)
-                else:
-                    runtime_inputs, rows = self.prepare(inputs, outputs)
+                if rows is None:
+                    inputs, rows = self.prepare(inputs, outputs)
             except BaseException:
+                rows = 0
                 if ticket is not None:
-                    self.batcher.release(ticket)
+                    self.release(ticket)
                 raise
             if rows == 0 and self.batchable:
                 if ticket is not None:
-                    self.batcher.release(ticket)
+                    self.release(ticket)
                 result = self._empty_outputs(outputs)
             else:
-                queued = self.batcher.enqueue(runtime_inputs, ticket=ticket,
-                                              timeout_s=timeout_s)
-                del inputs, runtime_inputs  # the run frees large inputs off the event loop
+                queued = self.batcher.enqueue(inputs, ticket=ticket, timeout_s=timeout_s)
+                del inputs  # the run frees large inputs off the event loop
                 answer = await queued
                 result = self._shape_outputs(answer, outputs)
             ok = True

@@ -118,22 +118,21 @@ class InferenceServicer:
         is checked against the model before any tensor is decoded."""
         request = call.request
         outputs = requested_outputs(request)
-        model.check(input_headers(request, call.raw), outputs)
+        rows = model.check(input_headers(request, call.raw), outputs)
         timeout_s = request_timeout(request)
         if not call.large:
             # Look-up, decode and enqueue with no await between them: a version swap
             # cannot slip in and leave the request with a model that stopped taking work.
-            return await model.infer(decode_inputs(request, call.raw), outputs,
-                                     timeout_s=timeout_s)
+            return await model.infer(model.runtime_inputs(decode_inputs(request, call.raw)),
+                                     outputs, rows=rows, timeout_s=timeout_s)
         ticket = model.reserve()  # the model waits for this request while it decodes
         try:
-            inputs, _ = await self._codec.off_loop(
-                lambda: model.prepare(decode_inputs(request, call.raw), outputs))
+            inputs = await self._codec.off_loop(
+                lambda: model.runtime_inputs(decode_inputs(request, call.raw)))
         except BaseException:
-            model.batcher.release(ticket)
+            model.release(ticket)
             raise
-        answering = model.infer(inputs, outputs, ticket=ticket, timeout_s=timeout_s,
-                                prepared=True)
+        answering = model.infer(inputs, outputs, ticket=ticket, timeout_s=timeout_s, rows=rows)
         del inputs  # see ServedModel.infer: only the run holds them
         return await answering
 

@@ -54,6 +54,16 @@ def request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def _status(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """What a call that raised ``exc`` is answered: a ServingError's own status, or for a
+    server bug INTERNAL with a request id that is also in the log line (with the traceback)."""
+    if isinstance(exc, ServingError):
+        return exc.status_code, client_message(exc)
+    rid = request_id()
+    log.error("%s failed (request id %s)", method, rid, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {rid})"
+
+
 class InferenceTransport:
     """Builds grpc's handlers for the inference service around a servicer's methods."""
 
@@ -73,7 +83,7 @@ class InferenceTransport:
             request_class = symbol_database.Default().GetSymbol(method.input_type.full_name)
             if method.client_streaming and method.server_streaming:
                 handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                    self._streaming(method.name, request_class, implementation))
+                    self._streaming(method.name, implementation))
             else:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                     self._unary(method.name, request_class, implementation))
@@ -100,14 +110,10 @@ class InferenceTransport:
                     response = response.SerializeToString()
                     codec.check_size(len(response))
                 return response
-            except ServingError as exc:
-                status = exc.status_code, client_message(exc)
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                rid = request_id()
-                log.exception("%s failed (request id %s)", method, rid)
-                status = grpc.StatusCode.INTERNAL, f"internal error (request id {rid})"
+            except Exception as exc:  # noqa: BLE001 - _status tells client errors from bugs
+                status = _status(method, exc)
             # Outside the except block: aborting inside it would chain the exception, whose
             # traceback keeps the frames alive (with the encoded answer a refused call held)
             # until the garbage collector finds the cycle.
@@ -115,7 +121,7 @@ class InferenceTransport:
 
         return handler
 
-    def _streaming(self, method: str, request_class, implementation):
+    def _streaming(self, method: str, implementation):
         codec = self._codec
 
         async def requests(iterator):
@@ -128,14 +134,11 @@ class InferenceTransport:
 
         async def handler(iterator, context: grpc.aio.ServicerContext) -> None:
             try:
-                await implementation(requests(iterator), context)
-            except ServingError as exc:
-                await context.abort(exc.status_code, client_message(exc))
+                return await implementation(requests(iterator), context)
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                rid = request_id()
-                log.exception("%s failed (request id %s)", method, rid)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
+            except Exception as exc:  # noqa: BLE001 - _status tells client errors from bugs
+                status = _status(method, exc)
+            await context.abort(*status)  # outside the except block: see _unary
 
         return handler
