@@ -6,11 +6,16 @@
         1/                        a version: ASCII decimal, positive, no leading zero
           model.onnx              the graph (external data files beside it, if any)
           metadata.json           optional: the model card (``card.ModelCard``)
+          unfolded.onnx           optional: the graph before BatchNorm folding (the card's
+                                  batchnorm.reference_graph), for drift and recalibration
         2/ ...
         .staging-XXXX/            a version being written; renamed to its number when whole
 
 - ``layout``: file names, the version-folder rule, the model-name rule, the platform string.
 - ``card``: the model card schema, read and written through one class.
+- ``publish``: writing a version atomically (staging folder, rename), never overwriting.
+- ``batchnorm``: the BatchNorm layers of a graph and a graph that measures their inputs.
+- ``drift``: the drift measure, a layer's and a model's score, threshold calibration.
 - ``graph``: walks of an ONNX graph both sides need (BatchNormalization nodes, external
   data locations, tensor signatures); imports onnx, so only server and training use it.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bnserve.proto.datatypes import BY_NAME
-from bnserve.repository.layout import METADATA_FILE, PLATFORM
+from bnserve.repository.layout import METADATA_FILE, MODEL_FILE, PLATFORM, model_name_problem
 
 SCHEMA_VERSION = 1
 MAX_CARD_BYTES = 16 * 1024 * 1024  # a card is text about a model, never the model
@@ -69,6 +69,23 @@ class ModelCard:
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # every other key, as written
 
+    @property
+    def drift(self) -> DriftCard | None:
+        """The drift monitor's calibrated threshold (``drift``), or None."""
+        return _drift(self.extra.get("drift"))
+
+    @property
+    def reference_graph(self) -> str | None:
+        """The unfolded graph's file name in the version folder (``batchnorm.reference_graph``):
+        the served graph with its BatchNormalization nodes kept, for the drift monitor and
+        recalibration. None: the served graph is the reference (or there is none)."""
+        return _reference_graph(self.extra.get("batchnorm"))
+
+    @property
+    def base_version(self) -> int | None:
+        """The version this one was recalibrated from, or None for an original export."""
+        return _base_version(self.extra)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
@@ -92,7 +109,7 @@ class ModelCard:
         schema = data.get("schema_version", SCHEMA_VERSION)
         if not isinstance(schema, int) or isinstance(schema, bool) or schema > SCHEMA_VERSION:
             raise CardError(f"schema_version must be an integer up to {SCHEMA_VERSION}")
-        return cls(
+        card = cls(
             labels=_labels(data.get("labels", [])),
             inputs=_signatures(data.get("inputs", []), "inputs"),
             outputs=_signatures(data.get("outputs", []), "outputs"),
@@ -103,6 +120,71 @@ class ModelCard:
             schema_version=schema,
             extra={k: v for k, v in data.items() if k not in known},
         )
+        card.drift, card.reference_graph, card.base_version  # noqa: B018 (raise CardError now)
+        return card
+
+
+@dataclass(frozen=True)
+class DriftCard:
+    """``drift`` in the card: the alarm threshold the exporter calibrated on clean held-out
+    data (``bnserve.repository.drift.calibrate_threshold``)."""
+
+    measure: str
+    threshold: float
+    window_rows: int
+    false_alarm_rate: float | None
+
+
+MAX_WINDOW_ROWS = 1 << 20
+
+
+def _drift(value: Any) -> DriftCard | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CardError("drift must be null or an object")
+    measure, threshold = value.get("measure"), value.get("threshold")
+    window, rate = value.get("window_rows"), value.get("false_alarm_rate")
+    if not isinstance(measure, str) or len(measure) > 64:
+        raise CardError("drift.measure must be a short string")
+    if not _is_number(threshold) or not threshold > 0:
+        raise CardError("drift.threshold must be a positive finite number")
+    if not _is_int(window) or not 2 <= window <= MAX_WINDOW_ROWS:
+        raise CardError(f"drift.window_rows must be an integer from 2 to {MAX_WINDOW_ROWS}")
+    if rate is not None and (not _is_number(rate) or not 0 < rate < 1):
+        raise CardError("drift.false_alarm_rate must be a number in (0, 1)")
+    return DriftCard(measure, float(threshold), window, None if rate is None else float(rate))
+
+
+def _reference_graph(batchnorm: Any) -> str | None:
+    if not isinstance(batchnorm, dict) or batchnorm.get("reference_graph") is None:
+        return None
+    name = batchnorm["reference_graph"]
+    if (not isinstance(name, str) or model_name_problem(name) or not name.endswith(".onnx")
+            or name == MODEL_FILE):
+        raise CardError("batchnorm.reference_graph must be the plain name of an .onnx file "
+                        f"beside {MODEL_FILE}")
+    return name
+
+
+def _base_version(extra: dict[str, Any]) -> int | None:
+    record = extra.get("recalibration")
+    key = "base_version"
+    if record is None:  # the torch path's record travels in the training metrics
+        metrics = extra.get("metrics")
+        record = metrics.get("recalibration") if isinstance(metrics, dict) else None
+        key = "source_version"
+    if record is None:
+        return None
+    value = record.get(key) if isinstance(record, dict) else None
+    if not _is_int(value) or value < 1:
+        raise CardError(f"recalibration.{key} must be a positive integer")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def read_card(version_dir: Path) -> ModelCard | None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODEL_FILE = "model.onnx"
+# The served graph before BatchNorm folding: what the drift monitor and recalibration read.
+REFERENCE_FILE = "unfolded.onnx"
 METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.pbtxt"
 STAGING_PREFIX = ".staging-"  # a writer's temporary version folder (bnserve export)

@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 
 from bnserve.training.config import DEFAULT_DATASETS, NORMS, TrainConfig
-from bnserve.training.errors import TrainingError
+from bnserve.training.errors import RepositoryError, TrainingError
+
+# What a user can fix: a one-line message and exit status 1, never a traceback.
+USER_ERRORS = (TrainingError, RepositoryError)
 
 DEFAULTS = TrainConfig()
 
@@ -241,7 +244,7 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             config = config_from_args(args)
         result = train(config, args.run_dir, resume=args.resume)
-    except TrainingError as exc:
+    except USER_ERRORS as exc:
         print(f"bnserve train: error: {exc}", file=sys.stderr)
         return 1
     metrics = result.metrics
@@ -270,7 +273,7 @@ def run_recalibrate(args: argparse.Namespace) -> int:
                                      version=args.version, batch_size=args.batch_size,
                                      keep_input_statistics=args.keep_input_statistics,
                                      data_sha256=data.sha256)
-    except TrainingError as exc:
+    except USER_ERRORS as exc:
         print(f"bnserve recalibrate: error: {exc}", file=sys.stderr)
         print("bnserve recalibrate: nothing was written to the repository", file=sys.stderr)
         return 1
@@ -286,7 +289,7 @@ def run_export(args: argparse.Namespace) -> int:
         result = export_run(args.run_dir, args.repository, args.name, args.version,
                             fold=not args.no_fold, report=args.report,
                             latency_runs=args.latency_runs)
-    except TrainingError as exc:
+    except USER_ERRORS as exc:
         print(f"bnserve export: error: {exc}", file=sys.stderr)
         print("bnserve export: nothing was written to the repository", file=sys.stderr)
         return 1
@@ -309,7 +312,7 @@ def run_compare(args: argparse.Namespace) -> int:
     try:
         result = compare_batchnorm(config, args.out, seeds=args.seeds, lrs=args.lrs,
                                    target_accuracy=args.target)
-    except TrainingError as exc:
+    except USER_ERRORS as exc:
         print(f"bnserve compare: error: {exc}", file=sys.stderr)
         return 1
     print(result.table)

@@ -8,7 +8,7 @@
      ├── ExportError
      │    ├── RunningStatisticsError   BatchNorm layers without running statistics
      │    └── VerificationError        the exported graph failed a check (carries the report)
-     └── RepositoryError
+     (RepositoryError = bnserve.repository.publish.PublishError, not a TrainingError)
           ├── InvalidVersionError      a version that is not a positive integer, a bad name
           └── VersionExistsError       the version is already published: never overwritten
 
@@ -19,6 +19,10 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 from typing import Any
+
+from bnserve.repository.publish import InvalidVersionError, PublishError, VersionExistsError
+
+__all__ = ["InvalidVersionError", "VersionExistsError", "RepositoryError"]
 
 
 class TrainingError(Exception):
@@ -70,13 +74,6 @@ class VerificationError(ExportError):
         self.report = report
 
 
-class RepositoryError(TrainingError):
-    """A model repository could not be written as asked."""
-
-
-class InvalidVersionError(RepositoryError):
-    """A version that is not a positive integer, or a model name that is not a plain name."""
-
-
-class VersionExistsError(RepositoryError):
-    """The version is already in the repository; published versions are never overwritten."""
+# Publishing is shared with the server (bnserve.repository.publish); its errors are not
+# TrainingErrors, so the CLI catches both (``bnserve.training.cli.USER_ERRORS``).
+RepositoryError = PublishError

@@ -45,12 +45,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnserve.repository.graph import batchnorm_nodes
 from bnserve.repository.layout import CONFIG_FILE, METADATA_FILE, MODEL_FILE, version_folders
+from bnserve.repository.publish import check_model_name, check_new_version, stage_version
 from bnserve.training.card import build_model_card
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import ExportError, TrainingModeError
 from bnserve.training.models import batchnorm_layers, build_model, require_running_statistics
-from bnserve.training.repository import check_model_name, check_new_version, stage_version
 from bnserve.training.verify import VerificationReport, verify_onnx_export
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bnserve.repository.layout import MODEL_FILE
+from bnserve.repository.publish import list_versions
 from bnserve.training.card import sha256_of
 from bnserve.training.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from bnserve.training.errors import RecalibrationError
@@ -32,7 +33,6 @@ from bnserve.training.recalibrate import (
     as_model_inputs,
     recalibrate_checkpoint,
 )
-from bnserve.training.repository import list_versions
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from bnserve.proto import model_config_pb2 as mc
 from bnserve.proto.datatypes import BY_NAME
 from bnserve.repository.card import CardError, ModelCard, read_card
 from bnserve.repository.layout import model_name_problem
+from bnserve.repository.publish import check_model_name as training_check
+from bnserve.repository.publish import list_versions
 from bnserve.server.errors import InvalidInputError
 from bnserve.server.repository import ModelRepository
 from bnserve.server.repository import check_model_name as server_check
 from bnserve.training.errors import InvalidVersionError
-from bnserve.training.repository import check_model_name as training_check
-from bnserve.training.repository import list_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 ODD_FOLDERS = ("1", "2", "10", "007", "0", "-3", "+4", "²", "٣", "1e3", " 5", "6 ", "latest",

@@ -17,12 +17,12 @@ import pytest
 import torch
 from torch import nn
 
+from bnserve.repository.publish import list_versions
 from bnserve.training.config import BatchNormOptions, ModelSpec, TrainConfig
 from bnserve.training.datasets import load_dataset
 from bnserve.training.errors import RunningStatisticsError, VerificationError, VersionExistsError
 from bnserve.training.export import ExportResult, export_run, format_summary
 from bnserve.training.models import MODELS, build_model, register_model
-from bnserve.training.repository import list_versions
 from bnserve.training.train import TrainResult, train
 
 DRY = TrainConfig(dry_run=True)

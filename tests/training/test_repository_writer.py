@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from bnserve.repository.layout import parse_version
-from bnserve.training.errors import InvalidVersionError, VersionExistsError
-from bnserve.training.repository import (
+from bnserve.repository.publish import (
     list_versions,
     next_version,
     stage_version,
 )
+from bnserve.training.errors import InvalidVersionError, VersionExistsError
 
 
 def publish(repository: Path, version: int | None = None, text: str = "model") -> Path:

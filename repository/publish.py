@@ -1,5 +1,8 @@
 """Publish model versions into a model repository on disk, atomically, never overwriting.
 
+Shared by the exporter (``bnserve.training``) and the server's in-place recalibration, so
+both write versions the same way; it needs nothing but the standard library.
+
     REPOSITORY/NAME/1/model.onnx
                      /metadata.json
     REPOSITORY/NAME/2/...
@@ -34,7 +37,18 @@ from bnserve.repository.layout import (
     parse_version,
     version_folders,
 )
-from bnserve.training.errors import InvalidVersionError, VersionExistsError
+
+
+class PublishError(Exception):
+    """A version could not be published as asked."""
+
+
+class InvalidVersionError(PublishError):
+    """A version that is not a positive integer, or a model name that is not a plain name."""
+
+
+class VersionExistsError(PublishError):
+    """The version is already in the repository; published versions are never overwritten."""
 
 
 def check_model_name(name: str) -> None:
