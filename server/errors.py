@@ -20,6 +20,13 @@
      |    +-- ModelLoadError          a version that must not be served; ``reason`` is short
      |         +-- ConfigError        and safe to show a client, ``detail`` goes to the log
      |                                only (it may hold host paths or onnxruntime's text)
+     +-- RecalibrationFailed          (base of recalibration's refusals; never raised itself)
+          +-- RecalibrationDataError      INVALID_ARGUMENT: the unlabeled inputs do not fit
+          |                               the model (names, dtype, shape, values, row count)
+          +-- RecalibrationSourceMissing  NOT_FOUND: no such model or version to start from
+          +-- RecalibrationRefused        FAILED_PRECONDITION: the version cannot be
+                                          recalibrated (no BatchNorm graph, unreadable card,
+                                          a result that fails its checks, version taken)
 
 Only ``bnserve.server.transport`` turns these into gRPC statuses (and
 ``bnserve.server.streaming`` into a stream response's ``error_message``; ``auth``'s
@@ -101,3 +108,21 @@ class ModelLoadError(PreconditionError):
 
 class ConfigError(ModelLoadError):
     """A config.pbtxt (or a load request's config) that cannot be honoured."""
+
+
+class RecalibrationFailed(ServingError):
+    """Why recalibration published nothing (``bnserve.server.recalibration``). The message
+    is short and safe for a client: field names and what was expected, never host paths,
+    class names or library text."""
+
+
+class RecalibrationDataError(RecalibrationFailed, InvalidInputError):
+    """The unlabeled inputs do not fit the model."""
+
+
+class RecalibrationSourceMissing(RecalibrationFailed, ModelNotFoundError):
+    """The model or version to recalibrate is not in the repository."""
+
+
+class RecalibrationRefused(RecalibrationFailed, PreconditionError):
+    """The version cannot be recalibrated, or the result failed its checks."""

@@ -1,0 +1,123 @@
+"""The model card of a recalibrated version: the base's card, the new model's figures, and
+a top-level ``recalibration`` record of what was done.
+
+Kept from the base as written: labels, tensors, training metrics and the exporter's
+``verification`` (they describe the weights, which are the base's bit for bit) and the
+``drift`` threshold (calibrated on clean held-out data; recalibration has none of the new
+data to calibrate on). Replaced: ``version``, ``sha256``/``size_bytes`` (the new
+``model.onnx``), ``created``, ``input_statistics`` when they were re-estimated, the
+folded-vs-unfolded figures and ``reference_graph`` under ``batchnorm``, the onnx and
+onnxruntime versions.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from bnserve.repository.card import CardError, ModelCard
+from bnserve.repository.drift import MEASURE
+from bnserve.repository.graph import tensor_signature
+from bnserve.repository.layout import REFERENCE_FILE
+from bnserve.server.errors import RecalibrationRefused
+from bnserve.server.recalibration_checks import Verification
+from bnserve.server.recalibration_source import BaseVersion, sha256_of
+from bnserve.server.reestimate import Estimate
+
+ENGINE = "onnxruntime"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def recalibration_record(base: BaseVersion, estimate: Estimate, verification: Verification, *,
+                         source: str, source_sha256: str, seconds: float) -> dict[str, Any]:
+    """The ``recalibration`` key of the new card."""
+    threshold = base.card.drift.threshold if base.card and base.card.drift else None
+    return {
+        "engine": ENGINE,
+        "base_version": base.version,
+        "requested_version": base.requested,
+        "base_sha256": base.sha256,
+        "num_samples": estimate.rows,
+        "data": {"source": source, "sha256": source_sha256},
+        "prior_strength": estimate.prior_strength,
+        "input_statistics": estimate.input_statistics,
+        "passes": estimate.passes,
+        "refolded": base.folded,
+        "layers": [layer.to_dict() for layer in estimate.layers],
+        "drift": {
+            "measure": MEASURE,
+            "on": "the recalibration inputs",
+            "before": estimate.drift_before,  # against the base statistics
+            "after": estimate.drift_after,  # against the new ones
+            "threshold": threshold,
+        },
+        "verification": verification.to_dict(),
+        "onnxruntime_version": onnxruntime.__version__,
+        "onnxscript_version": _version_of("onnxscript"),
+        "seconds": round(seconds, 3),
+        "created": _now(),
+    }
+
+
+def recalibrated_card(base: BaseVersion, *, name: str, version: int, model_path: Path,
+                      estimate: Estimate, record: dict[str, Any]) -> dict[str, Any]:
+    """The new version's ``metadata.json`` content, checked against the card schema."""
+    card = copy.deepcopy(base.card_data) or ModelCard(
+        inputs=tuple(tensor_signature(v) for v in _graph_inputs(base.served)),
+        outputs=tuple(tensor_signature(v) for v in base.served.graph.output),
+    ).to_dict()
+    card.update(name=name, version=version, sha256=sha256_of(model_path),
+                size_bytes=model_path.stat().st_size, created=record["created"],
+                onnx_version=onnx.__version__, onnxruntime_version=onnxruntime.__version__)
+    if estimate.input_statistics == "re-estimated" and card.get("input_statistics"):
+        card["input_statistics"] = _input_statistics(card["input_statistics"], estimate)
+    batchnorm = dict(card.get("batchnorm") or {})
+    if base.folded:
+        batchnorm["reference_graph"] = REFERENCE_FILE
+        verification = record["verification"]
+        batchnorm["folded_vs_unfolded_max_abs_diff"] = verification["parity_max_abs_diff"]
+        batchnorm["compared_samples"] = verification["parity_rows"]
+    else:
+        batchnorm.pop("reference_graph", None)  # the served graph is the reference
+    card["batchnorm"] = batchnorm
+    card["recalibration"] = record
+    try:
+        parsed = ModelCard.from_dict(card)
+    except CardError as exc:
+        raise RecalibrationRefused(f"the new model card is not valid: {exc}") from None
+    if parsed.base_version != base.version:  # what the next recalibration will follow
+        raise RecalibrationRefused("the new model card does not name its base version")
+    return card
+
+
+def _input_statistics(stored: dict[str, Any], estimate: Estimate) -> dict[str, Any]:
+    if len(estimate.new.standardization) != 1:
+        return stored  # several standardized inputs: the card describes one (the exporter's)
+    new = estimate.new.standardization[0]
+    shape = tuple(stored["shape"])
+    if int(np.prod(shape)) != new.mean.size:
+        return stored
+    return {"mean": new.mean.reshape(shape).astype(np.float32).tolist(),
+            "std": new.std.reshape(shape).astype(np.float32).tolist(), "shape": list(shape)}
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def _version_of(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
