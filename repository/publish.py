@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnserve.repository.layout import (
+    CONFIG_FILE,
     MAX_VERSION,
     STAGING_PREFIX,
     model_name_problem,
@@ -145,3 +146,18 @@ def stage_version(repository: Path | str, name: str,
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def serving_note(model_dir: Path, version: int) -> str:
+    """What a running server will do with a newly published version: no surprise replacement."""
+    if (model_dir / CONFIG_FILE).exists():
+        return (f"{model_dir.name}/{CONFIG_FILE}'s version_policy decides whether version "
+                f"{version} serves")
+    older = [v for v in version_folders(model_dir).versions if v < version]
+    if not older:
+        return (f"a server loads version {version} at its next poll (--model-control-mode "
+                "poll) or start")
+    return (f"with no {CONFIG_FILE}, a server serves the highest version: version {version} "
+            "replaces the previous one at its next poll (--model-control-mode poll) or restart; "
+            f"to pin a version: echo 'version_policy {{ specific {{ versions: [N] }} }}' > "
+            f"{model_dir / CONFIG_FILE}")

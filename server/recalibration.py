@@ -148,12 +148,14 @@ def recalibrate_version_folder(repository: Path | str, name: str, inputs: Mappin
     try:
         with stage_version(repository, name) as staged:
             onnx.save(done.served, str(staged.path / MODEL_FILE))
-            if base.folded:
-                onnx.save(done.unfolded, str(staged.path / REFERENCE_FILE))
+            reference = staged.path / REFERENCE_FILE if base.folded else None
+            if reference is not None:
+                onnx.save(done.unfolded, str(reference))
             record = recalibration_record(base, done.estimate, done.verification, source=source,
                                           source_sha256=sha, seconds=time.perf_counter() - start)
             card = recalibrated_card(base, name=name, version=staged.version,
-                                     model_path=staged.path / MODEL_FILE, estimate=done.estimate,
+                                     model_path=staged.path / MODEL_FILE,
+                                     reference_path=reference, estimate=done.estimate,
                                      record=record)
             (staged.path / METADATA_FILE).write_text(json.dumps(card, indent=2) + "\n")
     except PublishError as exc:  # another writer took the version meanwhile

@@ -6,8 +6,9 @@ Kept from the base as written: labels, tensors, training metrics and the exporte
 ``drift`` threshold (calibrated on clean held-out data; recalibration has none of the new
 data to calibrate on). Replaced: ``version``, ``sha256``/``size_bytes`` (the new
 ``model.onnx``), ``created``, ``input_statistics`` when they were re-estimated, the
-folded-vs-unfolded figures and ``reference_graph`` under ``batchnorm``, the onnx and
-onnxruntime versions.
+folded-vs-unfolded figures, ``reference_graph`` and ``reference_sha256`` under
+``batchnorm``, the onnx and onnxruntime versions. (``batchnorm.layers`` stays: the same
+nodes read the same tensors.)
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def recalibration_record(base: BaseVersion, estimate: Estimate, verification: Ve
 
 
 def recalibrated_card(base: BaseVersion, *, name: str, version: int, model_path: Path,
-                      estimate: Estimate, record: dict[str, Any]) -> dict[str, Any]:
+                      reference_path: Path | None, estimate: Estimate,
+                      record: dict[str, Any]) -> dict[str, Any]:
     """The new version's ``metadata.json`` content, checked against the card schema."""
     card = copy.deepcopy(base.card_data) or ModelCard(
         inputs=tuple(tensor_signature(v) for v in _graph_inputs(base.served)),
@@ -82,13 +84,15 @@ def recalibrated_card(base: BaseVersion, *, name: str, version: int, model_path:
     if estimate.input_statistics == "re-estimated" and card.get("input_statistics"):
         card["input_statistics"] = _input_statistics(card["input_statistics"], estimate)
     batchnorm = dict(card.get("batchnorm") or {})
-    if base.folded:
+    if reference_path is not None:
         batchnorm["reference_graph"] = REFERENCE_FILE
+        batchnorm["reference_sha256"] = sha256_of(reference_path)
         verification = record["verification"]
         batchnorm["folded_vs_unfolded_max_abs_diff"] = verification["parity_max_abs_diff"]
         batchnorm["compared_samples"] = verification["parity_rows"]
     else:
-        batchnorm.pop("reference_graph", None)  # the served graph is the reference
+        batchnorm["reference_graph"] = None  # the served graph is the reference
+        batchnorm.pop("reference_sha256", None)
     card["batchnorm"] = batchnorm
     card["recalibration"] = record
     try:

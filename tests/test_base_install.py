@@ -47,7 +47,8 @@ def base_only(*args: str) -> subprocess.CompletedProcess[str]:
     ("training", ["train", "--run-dir", "r"]),
     ("training", ["export", "--run-dir", "r", "--repository", "m", "--name", "n"]),
     ("training", ["compare", "--out", "o"]),
-    ("training", ["recalibrate", "--model", "m", "--data", "d.npz"]),
+    ("server", ["recalibrate", "--model", "m", "--data", "d.npz"]),  # onnxruntime, the default
+    ("training", ["recalibrate", "--engine", "torch", "--model", "m", "--data", "d.npz"]),
     ("server", ["serve", "--repository", "m"]),
 ])
 def test_a_subcommand_that_needs_an_extra_names_it(extra, args, tmp_path):

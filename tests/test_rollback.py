@@ -49,7 +49,7 @@ def test_pin_roll_out_and_roll_back_with_the_readmes_commands(digits_repository,
         assert served_versions(client) == ("1",)
         published = bnserve("recalibrate", "--model", "digits", "--data",
                             tmp_path / "shifted.npz", "--repository", models).stdout
-        assert "exported digits version 2" in published
+        assert "published digits version 2" in published
         assert "with no config.pbtxt, a server serves the highest version" in published
         wait_for(lambda: served_versions(client) == ("2",))  # the default: latest 1
 

@@ -3,6 +3,7 @@
     bnserve train --model {mlp,cnn,audio,text,rnn} [--dataset NAME | --data x.npz] --run-dir RUN
     bnserve train --run-dir RUN --resume
     bnserve export --run-dir RUN --repository models --name NAME [--no-fold] [--report]
+    bnserve recalibrate --model NAME --data x.npz [--engine onnxruntime|torch] [--prior-strength N0]
     bnserve compare --model cnn --dataset digits --out OUT [--seeds 0,1,2] [--lrs 0.003,0.03]
 
 Only the standard library is imported here; torch, scikit-learn and onnx are imported by
@@ -65,31 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="timed runs per figure for --report (median reported)")
     export.set_defaults(handler=run_export, extra="training")
 
-    recalibrate = subparsers.add_parser(
-        "recalibrate", help="re-estimate a published model's statistics on new data, "
-        "publish the next version",
-        description="Re-estimate the input statistics and BatchNorm running statistics of "
-        "REPOSITORY/NAME/VERSION on the inputs `x` of an .npz file (no labels needed, no "
-        "gradient step, weights untouched), then export and verify it as the next version. "
-        "The source version is never changed.",
-    )
-    recalibrate.add_argument("--model", required=True, help="model name in the repository")
-    recalibrate.add_argument("--data", type=Path, required=True,
-                             help=".npz with inputs `x` (N, *sample_shape), raw as clients send")
-    recalibrate.add_argument("--repository", type=Path, default=Path("models"),
-                             help="model repository (default: models)")
-    recalibrate.add_argument("--version", type=_positive_int, default=None,
-                             help="source version (default: the latest)")
-    # recalibrate.BATCH_SIZE, not imported: it would import torch for --help.
-    recalibrate.add_argument("--batch-size", type=_positive_int, default=256,
-                             help="rows per forward pass (default: 256)")
-    recalibrate.add_argument("--labels-key", default="y",
-                             help="array of class ids in the .npz; when present, accuracy "
-                             "before and after is printed (recalibration never uses it; default: y)")
-    recalibrate.add_argument("--keep-input-statistics", action="store_true",
-                             help="re-estimate only BatchNorm; keep the training data's input "
-                             "mean and std")
-    recalibrate.set_defaults(handler=run_recalibrate, extra="training")
+    add_recalibrate_parser(subparsers)
 
     compare = subparsers.add_parser(
         "compare", help="train the same model with and without BatchNorm and compare them",
@@ -127,6 +104,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--dry-run", action="store_true",
                          help=f"every run is one epoch of {DEFAULTS.dry_run_steps} steps, for tests")
     compare.set_defaults(handler=run_compare, extra="training")
+
+
+# --engine -> the extra it needs and the handler's module. The onnxruntime engine works from
+# the version folder alone (unfolded.onnx); torch rebuilds the model from checkpoint.pt.
+RECALIBRATE_ENGINES = {"onnxruntime": "server", "torch": "training"}
+
+
+class _EngineAction(argparse.Action):
+    """--engine also sets which extra the dispatcher checks before the handler runs."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.extra = RECALIBRATE_ENGINES[str(values)]
+
+
+def add_recalibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``bnserve recalibrate``: where the new statistics are computed is one option
+    (--engine); another place to run it (a server's address) is one more."""
+    recalibrate = subparsers.add_parser(
+        "recalibrate", help="re-estimate a published model's statistics on new data, "
+        "publish the next version",
+        description="Re-estimate the input statistics and BatchNorm running statistics of "
+        "REPOSITORY/NAME/VERSION on unlabeled inputs (no gradient step, weights untouched), "
+        "verify the result and publish it as the next version. The source version is never "
+        "changed, and a recalibrated version is recalibrated from the version it came from.",
+    )
+    recalibrate.add_argument("--model", required=True, help="model name in the repository")
+    recalibrate.add_argument("--data", type=Path, required=True, metavar="PATH.{npy,npz}",
+                             help="raw inputs as clients send them: .npy for a single-input "
+                             "model, or .npz with one array per input name (or `x` for a "
+                             "single-input model)")
+    recalibrate.add_argument("--repository", type=Path, default=Path("models"),
+                             help="model repository (default: models)")
+    recalibrate.add_argument("--version", type=_positive_int, default=None,
+                             help="source version (default: the latest)")
+    recalibrate.add_argument("--engine", choices=tuple(RECALIBRATE_ENGINES),
+                             default="onnxruntime", action=_EngineAction,
+                             help="onnxruntime (default): from the version's unfolded.onnx, "
+                             "no torch needed, layer by layer; torch: from its checkpoint.pt, "
+                             "BatchNorm layers in train mode")
+    # recalibrate.BATCH_SIZE, not imported: it would import torch for --help.
+    recalibrate.add_argument("--batch-size", type=_positive_int, default=256,
+                             help="rows per forward pass (default: 256)")
+    recalibrate.add_argument("--labels-key", default="y",
+                             help="array of class ids in the .npz; when present, accuracy "
+                             "before and after is printed (recalibration never uses it; default: y)")
+    recalibrate.add_argument("--keep-input-statistics", action="store_true",
+                             help="re-estimate only BatchNorm; keep the training data's input "
+                             "mean and std")
+    recalibrate.add_argument("--prior-strength", type=_non_negative_float, default=None,
+                             metavar="N0",
+                             help="onnxruntime engine: weigh the base statistics as N0 rows "
+                             "already seen, new = (N0 * base + n * estimate) / (N0 + n) "
+                             "(default: 0, the data's statistics alone)")
+    recalibrate.set_defaults(handler=run_recalibrate, extra=RECALIBRATE_ENGINES["onnxruntime"])
+    return recalibrate
 
 
 def add_training_options(parser: argparse.ArgumentParser, *,
@@ -214,6 +248,16 @@ def _lr_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -260,6 +304,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_recalibrate(args: argparse.Namespace) -> int:
+    if args.engine == "onnxruntime":
+        from bnserve.server.recalibrate_cli import run_onnxruntime
+
+        if args.prior_strength is None:
+            from bnserve.server.recalibration import DEFAULT_PRIOR_STRENGTH
+
+            args.prior_strength = DEFAULT_PRIOR_STRENGTH
+        return run_onnxruntime(args)
+    if args.prior_strength is not None:
+        print("bnserve recalibrate: error: --prior-strength needs --engine onnxruntime",
+              file=sys.stderr)
+        return 2
     from bnserve.training.export import format_summary
     from bnserve.training.republish import (
         format_recalibration,

@@ -45,13 +45,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnserve.repository.graph import batchnorm_nodes
 from bnserve.repository.layout import (
-    CONFIG_FILE,
     METADATA_FILE,
     MODEL_FILE,
     REFERENCE_FILE,
-    version_folders,
 )
-from bnserve.repository.publish import check_model_name, check_new_version, stage_version
+from bnserve.repository.publish import (
+    check_model_name,
+    check_new_version,
+    serving_note,
+    stage_version,
+)
 from bnserve.training.card import build_model_card, sha256_of
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
@@ -457,21 +460,6 @@ def _drift_line(card: dict[str, Any]) -> str:
     return (f"{len(bn['layers'])} layers ({where}); alarm above {drift['threshold']:.4f} "
             f"({drift['measure']}, {drift['false_alarm_rate']:.0%} false alarms per window of "
             f"{drift['window_rows']} rows, from {calibration['held_out_rows']} held-out rows)")
-
-
-def serving_note(model_dir: Path, version: int) -> str:
-    """What a running server will do with a newly published version: no surprise replacement."""
-    if (model_dir / CONFIG_FILE).exists():
-        return (f"{model_dir.name}/{CONFIG_FILE}'s version_policy decides whether version "
-                f"{version} serves")
-    older = [v for v in version_folders(model_dir).versions if v < version]
-    if not older:
-        return (f"a server loads version {version} at its next poll (--model-control-mode "
-                "poll) or start")
-    return (f"with no {CONFIG_FILE}, a server serves the highest version: version {version} "
-            "replaces the previous one at its next poll (--model-control-mode poll) or restart; "
-            f"to pin a version: echo 'version_policy {{ specific {{ versions: [N] }} }}' > "
-            f"{model_dir / CONFIG_FILE}")
 
 
 def format_summary(result: ExportResult) -> str:

@@ -1,4 +1,4 @@
-"""BatchNorm recalibration: shifted digits lose their accuracy; recalibrating wins it back.
+"""Recalibration with the torch engine: shifted digits lose their accuracy; recalibrating wins it back.
 
 The shift halves the contrast and brightens the background (x' = 0.5 x + 6, range 6..14).
 The model is recalibrated on the shifted training-split images (inputs only) and scored,
@@ -77,7 +77,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
 
     cli = subprocess.run(
         [sys.executable, "-m", "bnserve.cli", "--log-level", "WARNING", "recalibrate",
-         "--model", "digits", "--data", str(npz), "--repository", str(repository)],
+         "--engine", "torch", "--model", "digits", "--data", str(npz), "--repository",
+         str(repository)],
         capture_output=True, text=True, timeout=240,
     )
     bn_only = recalibrate_version(repository, "digits", shift(x_train), version=1,
@@ -246,8 +247,9 @@ def test_data_that_does_not_fit_is_refused(published: Published, tmp_path: Path)
 
     before = sorted(p.name for p in (published.repository / "digits").iterdir())
     cli = subprocess.run(
-        [sys.executable, "-m", "bnserve.cli", "recalibrate", "--model", "digits",
-         "--data", str(tmp_path / "no_x.npz"), "--repository", str(published.repository)],
+        [sys.executable, "-m", "bnserve.cli", "recalibrate", "--engine", "torch", "--model",
+         "digits", "--data", str(tmp_path / "no_x.npz"), "--repository",
+         str(published.repository)],
         capture_output=True, text=True, timeout=120,
     )
     assert cli.returncode == 1 and "has no array 'x'" in cli.stderr, cli.stderr
