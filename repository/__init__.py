@@ -16,6 +16,8 @@
 - ``publish``: writing a version atomically (staging folder, rename), never overwriting.
 - ``batchnorm``: the BatchNorm layers of a graph and a graph that measures their inputs.
 - ``drift``: the drift measure, a layer's and a model's score, threshold calibration.
+- ``standardization``: the exporter's ``(input - mean) / std`` in front of the graph,
+  found and re-estimated like BatchNorm's statistics.
 - ``graph``: walks of an ONNX graph both sides need (BatchNormalization nodes, external
   data locations, tensor signatures); imports onnx, so only server and training use it.
 

@@ -19,10 +19,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 # Rows per onnxruntime run: big enough to amortize a run's overhead on small graphs, small
 # enough that the activations of the digits CNN stay a few MB.
 CHUNK_ROWS = 256
+# What onnxruntime raises when it cannot build or run a session (plain Exceptions, not
+# RuntimeError); callers turn them into their own errors.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    _ort_state.Fail, _ort_state.InvalidArgument, _ort_state.InvalidGraph,
+    _ort_state.InvalidProtobuf, _ort_state.RuntimeException, _ort_state.NotImplemented,
+)
 
 
 def initializers_as_inputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:

@@ -172,7 +172,7 @@ def add_recalibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.A
                              metavar="N0",
                              help="onnxruntime engine: weigh the base statistics as N0 rows "
                              "already seen, new = (N0 * base + n * estimate) / (N0 + n) "
-                             "(default: 0, the data's statistics alone)")
+                             "(default: 8, measured by `bnserve recalibration-report`)")
     recalibrate.set_defaults(handler=run_recalibrate, extra=RECALIBRATE_ENGINES["onnxruntime"])
     return recalibrate
 

@@ -31,7 +31,11 @@ from bnserve.server.errors import (
     RecalibrationRefused,
     RecalibrationSourceMissing,
 )
-from bnserve.server.recalibration import recalibrate_graphs, recalibrate_version_folder
+from bnserve.server.recalibration import (
+    DEFAULT_PRIOR_STRENGTH,
+    recalibrate_graphs,
+    recalibrate_version_folder,
+)
 from bnserve.server.recalibration_inputs import MAX_ROWS
 from bnserve.server.recalibration_source import locate_base
 from bnserve.server.reestimate import Reestimator
@@ -137,7 +141,8 @@ def test_the_card_records_what_was_done(published, repository, digits):
     assert record["base_sha256"] == base_card["sha256"]
     assert record["num_samples"] == len(digits.x_train)
     assert record["data"] == {"source": "file shifted.npz", "sha256": "ab" * 32}
-    assert record["prior_strength"] == 0 and record["input_statistics"] == "re-estimated"
+    assert record["prior_strength"] == DEFAULT_PRIOR_STRENGTH
+    assert record["input_statistics"] == "re-estimated"
     assert [layer["name"] for layer in record["layers"]] == \
         [layer["name"] for layer in base_card["batchnorm"]["layers"]]
     assert record["drift"]["before"] > 10 * record["drift"]["after"]

@@ -71,7 +71,8 @@ def test_onnxruntime_layer_by_layer_equals_pytorch_one_batch(case, digits_reposi
         export_onnx_variants(InferenceModel(net, statistics).eval(), {"unfolded": path},
                              tuple(x.shape[1:]))
         reestimator = Reestimator(onnx.load(str(path)))
-    estimate = reestimator.reestimate({"input": x}, input_statistics=False)  # torch keeps them
+    # torch keeps the input statistics, and has no prior
+    estimate = reestimator.reestimate({"input": x}, prior_strength=0, input_statistics=False)
 
     recalibrate_batchnorm(net, statistics.standardize(x), batch_size=len(x))
     torch_layers = [(name, m) for name, m in net.named_modules() if isinstance(m, _BatchNorm)]
