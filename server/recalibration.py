@@ -49,12 +49,12 @@ log = logging.getLogger(__name__)
 # N0 = 8 rows: measured at the highest severities (bnserve recalibration-report, where a
 # prior pulling toward the stale statistics should cost most), N0 = 8 won back as much as
 # N0 = 0 from 16 and 64 rows and more from 8 (digits 56% vs 46% of the lost accuracy); 16
-# and 32 lost up to 20 points at n <= 16. From a full reservoir (256 rows) it weighs 3%.
+# and 32 lost up to 30 points at n <= 16. From a full reservoir (256 rows) it weighs 3%.
 # It also keeps a 2-row request from replacing the statistics outright. docs-recal.md.
 DEFAULT_PRIOR_STRENGTH = 8.0
 # Re-estimate the input mean/std in front of the graph too: a frozen normalization just
 # like BatchNorm's, and the one a brightness or gain change moves first. Measured: as good
-# or better than keeping them in every ablation cell (by 1-10 points of the lost accuracy,
+# or better than keeping them in every ablation cell (by 0-9 points of the lost accuracy,
 # most with a prior); see docs-recal.md.
 DEFAULT_INPUT_STATISTICS = True
 MAX_PRIOR_STRENGTH = 1e9

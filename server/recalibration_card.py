@@ -2,13 +2,17 @@
 a top-level ``recalibration`` record of what was done.
 
 Kept from the base as written: labels, tensors, training metrics and the exporter's
-``verification`` (they describe the weights, which are the base's bit for bit) and the
-``drift`` threshold (calibrated on clean held-out data; recalibration has none of the new
-data to calibrate on). Replaced: ``version``, ``sha256``/``size_bytes`` (the new
-``model.onnx``), ``created``, ``input_statistics`` when they were re-estimated, the
-folded-vs-unfolded figures, ``reference_graph`` and ``reference_sha256`` under
-``batchnorm``, the onnx and onnxruntime versions. (``batchnorm.layers`` stays: the same
-nodes read the same tensors.)
+``verification`` (they describe the weights, which are the base's bit for bit), and
+``batchnorm.layers`` (the same nodes read the same tensors).
+
+Replaced: ``version``; ``sha256`` and ``size_bytes`` (the new ``model.onnx``); ``created``;
+``input_statistics`` when they were re-estimated; under ``batchnorm`` the folded-vs-unfolded
+figures, ``reference_graph`` and ``reference_sha256``; the onnx and onnxruntime versions;
+and the ``drift`` threshold, calibrated again for the new reference on the recalibration
+inputs with ``reference_rows = n``. A reference from n rows is noisy itself: with the
+base's threshold, traffic like the recalibration data trips the alarm in most windows after
+a recalibration from 64 rows (the report's "alarms after" column). With fewer rows than a
+window the base's threshold is kept, as the exporter calibrates none from too few rows.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ import onnx
 import onnxruntime
 
 from bnserve.repository.card import CardError, ModelCard
-from bnserve.repository.drift import MEASURE
+from bnserve.repository.drift import (
+    DEFAULT_FALSE_ALARM_RATE,
+    DEFAULT_WINDOW_ROWS,
+    MEASURE,
+    calibrate_threshold,
+)
 from bnserve.repository.graph import tensor_signature
 from bnserve.repository.layout import REFERENCE_FILE
 from bnserve.server.errors import RecalibrationRefused
@@ -60,7 +69,7 @@ def recalibration_record(base: BaseVersion, estimate: Estimate, verification: Ve
             "on": "the recalibration inputs",
             "before": estimate.drift_before,  # against the base statistics
             "after": estimate.drift_after,  # against the new ones
-            "threshold": threshold,
+            "threshold": threshold,  # the base's; threshold_after: the new card's
         },
         "verification": verification.to_dict(),
         "onnxruntime_version": onnxruntime.__version__,
@@ -94,6 +103,10 @@ def recalibrated_card(base: BaseVersion, *, name: str, version: int, model_path:
         batchnorm["reference_graph"] = None  # the served graph is the reference
         batchnorm.pop("reference_sha256", None)
     card["batchnorm"] = batchnorm
+    drift = _drift(card.get("drift"), estimate)
+    if drift is not None:
+        card["drift"] = drift
+    record["drift"]["threshold_after"] = card["drift"]["threshold"] if card.get("drift") else None
     card["recalibration"] = record
     try:
         parsed = ModelCard.from_dict(card)
@@ -102,6 +115,20 @@ def recalibrated_card(base: BaseVersion, *, name: str, version: int, model_path:
     if parsed.base_version != base.version:  # what the next recalibration will follow
         raise RecalibrationRefused("the new model card does not name its base version")
     return card
+
+
+def _drift(base: dict[str, Any] | None, estimate: Estimate) -> dict[str, Any] | None:
+    window = base["window_rows"] if base else DEFAULT_WINDOW_ROWS
+    rate = base.get("false_alarm_rate") if base else None
+    if estimate.rows < window:
+        return base
+    calibration = calibrate_threshold(estimate.new.layers, estimate.after, window_rows=window,
+                                      false_alarm_rate=rate or DEFAULT_FALSE_ALARM_RATE,
+                                      reference_rows=estimate.rows)
+    section = calibration.to_dict()
+    section["calibration"].update(reference_rows=estimate.rows,
+                                  on="the recalibration inputs, against the new statistics")
+    return section
 
 
 def _input_statistics(stored: dict[str, Any], estimate: Estimate) -> dict[str, Any]:

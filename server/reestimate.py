@@ -90,6 +90,9 @@ class Estimate:
     layers: tuple[LayerChange, ...]
     drift_before: float  # model score (mean of the layers' scores)
     drift_after: float
+    # Per layer, the inputs' per-row moments under the new statistics: what a drift
+    # threshold for the new reference is calibrated on.
+    after: tuple[RowMoments, ...]
 
 
 def blend(base: np.ndarray, estimate: np.ndarray, rows: int, prior_strength: float) -> np.ndarray:
@@ -198,7 +201,7 @@ class Reestimator:
             input_statistics=("none" if not base.standardization
                               else "re-estimated" if input_statistics else "kept"),
             passes=passes, layers=changes, drift_before=model_score(drifts_before),
-            drift_after=model_score(drifts_after),
+            drift_after=model_score(drifts_after), after=tuple(_joined(m) for m in after),
         )
 
 
@@ -208,3 +211,8 @@ def _change(old: BatchNormLayer, new: BatchNormLayer, before: float, after: floa
     return LayerChange(name=old.name, mean_shift=float((np.abs(new.mean - old.mean) / old_std).mean()),
                        std_ratio=float(np.median(new_std / old_std)), drift_before=before,
                        drift_after=after)
+
+
+def _joined(chunks: Sequence[RowMoments]) -> RowMoments:
+    return RowMoments(np.concatenate([c.sum for c in chunks]),
+                      np.concatenate([c.sumsq for c in chunks]), chunks[0].positions)

@@ -7,7 +7,7 @@
 ``refold`` is the exporter's own folding step (``bnserve.training.export``: the folded
 variant is ``onnxscript.optimizer.optimize`` of the trace), so a recalibrated version is
 folded exactly as an exported one; on the exporter's unfolded graph with unchanged
-statistics it gives the exporter's folded graph back (tests/server/test_recalibration.py).
+statistics it gives the exporter's folded graph back (tests/server/test_onnxruntime_recalibration.py).
 """
 
 from __future__ import annotations

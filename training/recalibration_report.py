@@ -19,13 +19,15 @@ The evaluation feeds the new statistics to one onnxruntime session of the unfold
 (``FedSession``) instead of writing, refolding and loading a graph per draw; the published
 one checks that the served, refolded graph answers the same.
 
-Writes OUT/recalibration.md, recalibration.json, recalibration.png.
+Writes OUT/recalibration.md, recalibration.json, recalibration.png (runs and models go to a
+temporary folder).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from bnserve.repository.batchnorm import RowMoments
 from bnserve.repository.drift import calibrate_threshold, window_scores
+from bnserve.repository.layout import MODEL_FILE
 from bnserve.server.fed_session import FedSession
 from bnserve.server.recalibration import (
     DEFAULT_INPUT_STATISTICS,
@@ -244,7 +247,7 @@ def _publish_one(bench: Bench, version_dir: Path, subject: Subject, x_cal: np.nd
     stream, test = corruption(x_cal, severity, rng), corruption(x_test, severity, rng)
     outcome = recalibrate_version_folder(version_dir.parent.parent, subject.dataset,
                                          {"input": stream[:n]}, source=f"report {corruption.name}")
-    session = ort.InferenceSession(str(outcome.path / "model.onnx"),
+    session = ort.InferenceSession(str(outcome.path / MODEL_FILE),
                                    providers=["CPUExecutionProvider"])
     served = float((session.run(None, {"input": test})[0].argmax(axis=1) == y_test).mean())
     return {"corruption": corruption.name, "severity": severity, "n": n,
@@ -284,16 +287,18 @@ def recalibration_report(out: Path | str, *, dry_run: bool = False,
 
     config = config or (DRY_RUN if dry_run else ReportConfig())
     out = Path(out)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     steps = sum(len(s.corruptions) for s in config.subjects) * len(config.severities) * len(
         config.sample_sizes)
     subjects = []
-    with tqdm(total=steps, desc="recalibration report", unit="cell", disable=not progress) as bar:
+    # Run folders and the models repository are scaffolding: only the report stays in OUT.
+    with tempfile.TemporaryDirectory(prefix="bnserve-report-") as work, \
+            tqdm(total=steps, desc="recalibration report", unit="cell",
+                 disable=not progress) as bar:
         for subject in config.subjects:
             bar.set_postfix(subject=subject.dataset)
-            subjects.append(_subject(subject, config, work, bar))
+            subjects.append(_subject(subject, config, Path(work), bar))
     report = {"config": _config_dict(config, dry_run), "subjects": subjects,
               "target": target_summary(subjects, config),
               "seconds": round(time.perf_counter() - start, 1)}
