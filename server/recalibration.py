@@ -38,7 +38,11 @@ from bnserve.repository.publish import PublishError, stage_version
 from bnserve.server.errors import RecalibrationDataError, RecalibrationRefused, quoted
 from bnserve.server.fed_session import CHUNK_ROWS, ORT_ERRORS
 from bnserve.server.recalibration_card import recalibrated_card, recalibration_record
-from bnserve.server.recalibration_checks import Verification, verify_recalibrated
+from bnserve.server.recalibration_checks import (
+    Verification,
+    check_reference_matches,
+    verify_recalibrated,
+)
 from bnserve.server.recalibration_inputs import check_inputs
 from bnserve.server.recalibration_source import BaseVersion, locate_base
 from bnserve.server.reestimate import Estimate, Reestimator
@@ -101,6 +105,8 @@ def recalibrate_graphs(base: BaseVersion, inputs: Mapping[str, Any], *,
         raise RecalibrationRefused(f"version {base.version}: the reference graph's inputs are "
                                    f"not those of its {MODEL_FILE}")
     checked = check_inputs(declared, inputs, base.card)
+    if base.folded:
+        check_reference_matches(base.served, base.reference, checked)
     try:
         estimator = Reestimator(base.reference, intra_op_threads=intra_op_threads,
                                 chunk_rows=chunk_rows)

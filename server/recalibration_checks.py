@@ -1,5 +1,6 @@
 """Checks a recalibrated version passes before it is published (nothing is written otherwise).
 
+- before: the base's reference graph answers as its served graph (``check_reference_matches``);
 - ``onnx.checker`` (full check, with shape inference) accepts the served graph and the
   reference graph;
 - refolding left as many BatchNormalization nodes as the base's served graph has;
@@ -55,6 +56,25 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 def _runner(session: ort.InferenceSession):
     names = [o.name for o in session.get_outputs()]
     return lambda feeds: dict(zip(names, session.run(names, dict(feeds)), strict=True))
+
+
+def check_reference_matches(served: onnx.ModelProto, reference: onnx.ModelProto,
+                            inputs: Mapping[str, np.ndarray]) -> float:
+    """Before anything is estimated: the base's reference graph answers the inputs as its
+    served graph does (they are the same weights, folded or not). Returns the max |diff|."""
+    feeds = {n: a[:PARITY_ROWS] for n, a in inputs.items()}
+    got, want = _runner(_session(served))(feeds), _runner(_session(reference))(feeds)
+    largest = 0.0
+    for name, value in want.items():
+        if value.dtype.kind != "f" or name not in got:
+            continue
+        diff = np.abs(got[name].astype(np.float64) - value)
+        if (diff > PARITY_ATOL + PARITY_RTOL * np.abs(value)).any():
+            raise RecalibrationRefused(f"the base's reference graph does not answer as its served "
+                                       f"graph (output {name!r} differs by up to "
+                                       f"{float(np.nanmax(diff)):.3g})")
+        largest = max(largest, float(diff.max()))
+    return largest
 
 
 def verify_recalibrated(served: onnx.ModelProto, reference: onnx.ModelProto | None,

@@ -85,6 +85,11 @@ def locate_base(repository: Path | str, name: str, version: int | None = None) -
         reference = served
     else:
         reference = _load(folder / reference_file, current, reference_file)
+        recorded = (card.extra.get("batchnorm") or {}).get("reference_sha256") if card else None
+        if recorded is not None and recorded != sha256_of(folder / reference_file):
+            # Another graph than the one exported beside model.onnx: its weights could differ.
+            raise RecalibrationRefused(f"version {current}'s {reference_file} is not the file "
+                                       "its card records (sha256 differs)")
     try:
         layers = batchnorm_layers(reference)
     except BatchNormGraphError as exc:

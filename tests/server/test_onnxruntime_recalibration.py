@@ -296,6 +296,20 @@ def test_a_version_that_cannot_be_recalibrated_is_refused_with_a_clear_status(re
     with pytest.raises(RecalibrationRefused, match="no graph with BatchNormalization nodes") as caught:
         recalibrate_version_folder(root, "digits", x)
     assert caught.value.status_code == grpc.StatusCode.FAILED_PRECONDITION
+    # A reference graph that is not the one exported beside model.onnx.
+    other = tmp_path / "other"
+    shutil.copytree(repository / "digits" / "1", other / "digits" / "1")
+    model = onnx.load(str(other / "digits" / "1" / "unfolded.onnx"))
+    weight = next(t for t in model.graph.initializer if t.name.endswith("stem.0.weight"))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 2, weight.name))
+    onnx.save(model, str(other / "digits" / "1" / "unfolded.onnx"))
+    with pytest.raises(RecalibrationRefused, match="unfolded.onnx is not the file its card records"):
+        recalibrate_version_folder(other, "digits", x)
+    card = json.loads((other / "digits" / "1" / "metadata.json").read_text())
+    del card["batchnorm"]["reference_sha256"]
+    (other / "digits" / "1" / "metadata.json").write_text(json.dumps(card))
+    with pytest.raises(RecalibrationRefused, match="does not answer as its served graph"):
+        recalibrate_version_folder(other, "digits", x)
     with pytest.raises(RecalibrationDataError, match="prior_strength"):
         recalibrate_version_folder(repository, "digits", x, prior_strength=-1)
     # Messages go to clients: no host path in any of them.
