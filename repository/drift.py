@@ -25,7 +25,7 @@ of what clean traffic gives), and the threshold at the quantile 1 - false-alarm 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -100,29 +100,52 @@ class Calibration:
 
 
 def window_scores(layers: Sequence[BatchNormLayer], per_row: Sequence[RowMoments],
-                  window_rows: int, windows: int, *, seed: int = 0) -> np.ndarray:
+                  window_rows: int, windows: int, *, reference_rows: int | None = None,
+                  seed: int = 0) -> np.ndarray:
     """Model scores of ``windows`` windows of ``window_rows`` rows drawn with replacement
-    from the rows of ``per_row`` (one RowMoments per layer, all over the same rows)."""
+    from the rows of ``per_row`` (one RowMoments per layer, all over the same rows).
+
+    ``reference_rows``: the layers' statistics were themselves estimated from that many rows
+    of this distribution (a recalibrated version): each draw also re-draws a reference of
+    that many rows, so the scores include the reference's own estimation noise."""
     rng = np.random.default_rng(seed)
     rows = per_row[0].rows
     scores = np.empty(windows)
     for w in range(windows):
         pick = rng.integers(0, rows, size=window_rows)
+        if reference_rows is not None:
+            base = rng.integers(0, rows, size=reference_rows)
+            references = [_estimated(layer, m, base) for layer, m in zip(layers, per_row,
+                                                                         strict=True)]
+        else:
+            references = list(layers)
         drifts = [layer_drift(layer, [RowMoments(m.sum[pick], m.sumsq[pick], m.positions)])
-                  for layer, m in zip(layers, per_row, strict=True)]
+                  for layer, m in zip(references, per_row, strict=True)]
         scores[w] = model_score(drifts)
     return scores
+
+
+def _estimated(layer: BatchNormLayer, moments: RowMoments, rows: np.ndarray) -> BatchNormLayer:
+    mean, var, _ = moments_mean_var([RowMoments(moments.sum[rows], moments.sumsq[rows],
+                                                moments.positions)])
+    return replace(layer, mean=mean, var=var)
 
 
 def calibrate_threshold(layers: Sequence[BatchNormLayer], per_row: Sequence[RowMoments], *,
                         window_rows: int = DEFAULT_WINDOW_ROWS,
                         false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-                        windows: int = 1000, seed: int = 0) -> Calibration:
+                        windows: int = 1000, reference_rows: int | None = None,
+                        seed: int = 0) -> Calibration:
     """The threshold clean windows of ``window_rows`` rows exceed with probability
-    ``false_alarm_rate``, estimated from clean held-out rows (``per_row``)."""
+    ``false_alarm_rate``, estimated from clean held-out rows (``per_row``).
+
+    ``reference_rows``: for a version whose statistics were re-estimated from that many rows
+    (``per_row`` are those rows, measured with the new statistics): a reference from few
+    rows is noisy itself, and clean traffic scores higher against it (see ``window_scores``)."""
     if not 0 < false_alarm_rate < 1:
         raise ValueError("false_alarm_rate must lie in (0, 1)")
-    scores = window_scores(layers, per_row, window_rows, windows, seed=seed)
+    scores = window_scores(layers, per_row, window_rows, windows,
+                           reference_rows=reference_rows, seed=seed)
     return Calibration(threshold=float(np.quantile(scores, 1 - false_alarm_rate)),
                        window_rows=window_rows, false_alarm_rate=false_alarm_rate,
                        held_out_rows=per_row[0].rows, windows=windows,

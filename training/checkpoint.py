@@ -41,6 +41,10 @@ class Checkpoint:
     config: dict[str, Any]  # the TrainConfig, as a dict
     metrics: dict[str, Any]  # final figures (metrics.json has the per-epoch history)
     samples: np.ndarray  # (K, *sample_shape) raw validation inputs (float32 or int64 tokens)
+    # Up to train.HELD_OUT_ROWS clean validation inputs, never trained on: export calibrates
+    # the drift alarm's threshold on them. None: a checkpoint from before, or a recalibrated
+    # one (its clean distribution is the new data's, of which it holds no held-out rows).
+    held_out: np.ndarray | None = None
 
     def build(self) -> nn.Module:
         """The trained model in eval mode (the state it is always exported in)."""
@@ -61,6 +65,7 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
             "config": ckpt.config,
             "metrics": ckpt.metrics,
             "samples": torch.from_numpy(ckpt.samples),
+            "held_out": None if ckpt.held_out is None else torch.from_numpy(ckpt.held_out),
         },
         path,
     )
@@ -80,6 +85,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         config=data["config"],
         metrics=data["metrics"],
         samples=data["samples"].numpy(),
+        held_out=None if data.get("held_out") is None else data["held_out"].numpy(),
     )
 
 

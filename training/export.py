@@ -44,9 +44,15 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnserve.repository.graph import batchnorm_nodes
-from bnserve.repository.layout import CONFIG_FILE, METADATA_FILE, MODEL_FILE, version_folders
+from bnserve.repository.layout import (
+    CONFIG_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    version_folders,
+)
 from bnserve.repository.publish import check_model_name, check_new_version, stage_version
-from bnserve.training.card import build_model_card
+from bnserve.training.card import build_model_card, sha256_of
 from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import ExportError, TrainingModeError
@@ -240,6 +246,7 @@ class _Source:
     num_classes: int
     card_args: dict[str, Any]  # build_model_card's description of the model
     checkpoint_file: Path | None  # copied into the version folder when given
+    held_out: np.ndarray | None = None  # clean rows never trained on: the drift threshold
 
 
 def export_run(run_dir: Path | str, repository: Path | str, name: str,
@@ -262,7 +269,7 @@ def export_run(run_dir: Path | str, repository: Path | str, name: str,
     no_bn = InferenceModel(build_model(replace(ckpt.spec, norm="none")), ckpt.statistics)
     source = _Source(model=model, no_bn_model=no_bn.eval(), samples=ckpt.samples,
                      num_classes=ckpt.spec.num_classes, card_args={"checkpoint": ckpt},
-                     checkpoint_file=Path(run_dir) / CHECKPOINT_FILE)
+                     checkpoint_file=Path(run_dir) / CHECKPOINT_FILE, held_out=ckpt.held_out)
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
 
@@ -273,7 +280,8 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
                   labels: tuple[str, ...] | list[str] | None = None, fold: bool = True,
                   version: int | None = None, report: bool = False,
                   latency_runs: int | None = None, dataset: str | None = None,
-                  metrics: dict[str, Any] | None = None) -> ExportResult:
+                  metrics: dict[str, Any] | None = None,
+                  calibration_input: torch.Tensor | np.ndarray | None = None) -> ExportResult:
     """Export a user's own ``module`` the way zoo models are: verified, into the repository.
 
     ``module`` maps a batch (B, *sample_shape) to (B, num_classes) logits; the served
@@ -288,6 +296,9 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
     64 and batch independence). ``input_statistics``: when given, the graph standardizes
     raw inputs with them before ``module`` (clients send raw features). ``labels``: class
     names (default "0", "1", ...). ``fold``, ``report``: as for ``export_run``.
+    ``calibration_input`` (M, *sample_shape): clean raw inputs the module was never trained
+    on (a validation split, at least 128 rows); the drift alarm's threshold is calibrated on
+    them (without them the server uses its default threshold).
     """
     start = time.perf_counter()
     check_model_name(name)
@@ -301,10 +312,8 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
             "module.eval() before exporting"
         )
     require_running_statistics(module)
-    samples = np.asarray(sample_input.detach().cpu() if isinstance(sample_input, torch.Tensor)
-                         else sample_input)
-    samples = samples.astype(np.int64 if np.issubdtype(samples.dtype, np.integer)
-                             else np.float32)
+    samples = _as_rows(sample_input)
+    held_out = None if calibration_input is None else _as_rows(calibration_input)
     model = InferenceModel(module, input_statistics).eval()
     with torch.no_grad():
         num_classes = int(model(torch.from_numpy(samples[:2])).shape[-1])
@@ -318,9 +327,15 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
                  "dataset": dataset, "labels": labels, "statistics": input_statistics,
                  "metrics": metrics}
     source = _Source(model=model, no_bn_model=no_bn, samples=samples, num_classes=num_classes,
-                     card_args=card_args, checkpoint_file=None)
+                     card_args=card_args, checkpoint_file=None, held_out=held_out)
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
+
+
+def _as_rows(data: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Inputs as the graph takes them: int64 token ids or float32 features."""
+    rows = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)
+    return rows.astype(np.int64 if np.issubdtype(rows.dtype, np.integer) else np.float32)
 
 
 def without_batchnorm(module: nn.Module) -> nn.Module:
@@ -360,6 +375,8 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
         with stage_version(repository, name, version) as staged:
             staged_onnx = staged.path / MODEL_FILE
             shutil.copyfile(onnx_path, staged_onnx)
+            reference = _write_reference(staged.path, graphs["unfolded"], fold=fold,
+                                         held_out=source.held_out)
             if source.checkpoint_file is not None:
                 # The PyTorch source travels with the version, so `recalibrate` (and any
                 # later re-export) works from the repository alone; the server ignores it.
@@ -368,7 +385,9 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
             card = build_model_card(name=name, version=staged.version, onnx_path=staged_onnx,
                                     report=verification, torch_batchnorm_layers=num_bn,
                                     extra=extra, **source.card_args)
-            card["batchnorm"].update(fold=fold, **comparison)
+            card["batchnorm"].update(fold=fold, **comparison, **reference["batchnorm"])
+            if reference["drift"] is not None:
+                card["drift"] = reference["drift"]
             _check_signature(card, sample_shape, source.num_classes,
                              "int64" if dtype == torch.int64 else "float32")
             text = json.dumps(card, indent=2) + "\n"
@@ -379,6 +398,24 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
                 staged.final_path, seconds)
     return ExportResult(name=name, version=staged.version, path=staged.final_path,
                         report=verification, card=card, seconds=seconds)
+
+
+def _write_reference(version_dir: Path, unfolded: Path, *, fold: bool,
+                     held_out: np.ndarray | None) -> dict[str, Any]:
+    """The BatchNorm reference beside the served graph (``bnserve.training.reference``): the
+    unfolded graph when the served one is folded (else the served graph is the reference),
+    its layer table, and the drift threshold calibrated on the clean held-out rows."""
+    from bnserve.training.reference import calibrate_drift, layer_table
+
+    section: dict[str, Any] = {"layers": layer_table(unfolded), "reference_graph": None}
+    if fold:
+        shutil.copyfile(unfolded, version_dir / REFERENCE_FILE)
+        section["reference_graph"] = REFERENCE_FILE
+        section["reference_sha256"] = sha256_of(version_dir / REFERENCE_FILE)
+    drift = None
+    if held_out is not None and section["layers"]:
+        drift = calibrate_drift(unfolded, {INPUT_NAME: held_out})
+    return {"batchnorm": section, "drift": drift}
 
 
 def _compare_graphs(folded: Path, unfolded: Path, samples: np.ndarray) -> dict[str, Any]:
@@ -405,6 +442,21 @@ def _check_signature(card: dict[str, Any], sample_shape: tuple[int, ...],
                             ("output", card["outputs"], want_out)):
         if len(got) != 1 or any(got[0][k] != v for k, v in want.items()):
             raise ExportError(f"exported graph has {kind}s {got}, expected one like {want}")
+
+
+def _drift_line(card: dict[str, Any]) -> str:
+    bn, drift = card["batchnorm"], card.get("drift")
+    where = (f"reference graph {bn['reference_graph']}" if bn.get("reference_graph")
+             else "the served graph is the reference")
+    if not bn.get("layers"):
+        return "no BatchNorm layer to watch"
+    if drift is None:
+        return (f"{len(bn['layers'])} layers ({where}); no held-out rows to calibrate a "
+                "threshold: the server's default applies")
+    calibration = drift["calibration"]
+    return (f"{len(bn['layers'])} layers ({where}); alarm above {drift['threshold']:.4f} "
+            f"({drift['measure']}, {drift['false_alarm_rate']:.0%} false alarms per window of "
+            f"{drift['window_rows']} rows, from {calibration['held_out_rows']} held-out rows)")
 
 
 def serving_note(model_dir: Path, version: int) -> str:
@@ -439,6 +491,7 @@ def format_summary(result: ExportResult) -> str:
         f"  folded vs unfolded:  max |diff| {bn['folded_vs_unfolded_max_abs_diff']:.1e} over "
         f"{bn['compared_samples']} samples ({bn['folded_onnx_nodes']} vs "
         f"{bn['unfolded_onnx_nodes']} BatchNormalization nodes)",
+        "  drift monitor:       " + _drift_line(result.card),
         f"  wrote:               {result.path / MODEL_FILE} "
         f"({result.card['size_bytes'] / 1024:.0f} KiB, sha256 {result.card['sha256'][:12]}...) "
         f"and {METADATA_FILE}",

@@ -155,7 +155,7 @@ def recalibrate_checkpoint(ckpt: Checkpoint, x: np.ndarray, *, keep_input_statis
                                    seed=seed)
     rows = np.random.default_rng(seed).permutation(len(x))[:len(ckpt.samples)]
     return replace(ckpt, state_dict=net.state_dict(), statistics=statistics,
-                   samples=x[np.sort(rows)].copy()), report
+                   samples=x[np.sort(rows)].copy(), held_out=None), report
 
 
 def as_model_inputs(ckpt: Checkpoint, x: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ from bnserve.training.models import MODEL_INPUTS, build_model, check_model_takes
 logger = logging.getLogger(__name__)
 
 VERIFICATION_SAMPLES = 64  # raw validation inputs kept in the checkpoint for export checks
+HELD_OUT_ROWS = 1024  # validation inputs kept for the drift threshold's calibration at export
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,8 @@ def write_run_folder(run_dir: Path, *, model: nn.Module, spec: ModelSpec, statis
     save_checkpoint(
         Checkpoint(spec=spec, state_dict=model.state_dict(), statistics=statistics,
                    labels=dataset.labels, dataset=dataset.name, config=config.to_dict(),
-                   metrics=summary, samples=x_val[:VERIFICATION_SAMPLES].copy()),
+                   metrics=summary, samples=x_val[:VERIFICATION_SAMPLES].copy(),
+                   held_out=x_val[:HELD_OUT_ROWS].copy()),
         run_dir / CHECKPOINT_FILE,
     )
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

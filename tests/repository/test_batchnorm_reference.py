@@ -128,3 +128,18 @@ def test_the_calibrated_threshold_flags_shifted_windows_and_few_clean_ones():
     assert np.mean(np.array(clean) > calibration.threshold) <= 0.2
     shifted = layer_drift(layers[0], moments(reference_like(64, shift=1.0))).score
     assert shifted > 5 * calibration.threshold
+
+
+def test_a_reference_estimated_from_few_rows_raises_the_clean_threshold():
+    """After recalibration from n rows, the reference is an estimate too: clean traffic of the
+    new distribution scores higher against it, the more so the fewer rows it came from."""
+    model = two_batchnorm_graph()
+    layers = batchnorm_layers(model)[:1]
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(600, 3, 4)) * np.sqrt(layers[0].var)[None, :, None]
+         + layers[0].mean[None, :, None]).astype(np.float32)
+    moments = row_moments(run(statistics_graph(model, layers), {"x": x}), layers)
+    thresholds = [calibrate_threshold(layers, moments, window_rows=64, windows=300,
+                                      reference_rows=n).threshold for n in (16, 256)]
+    exact = calibrate_threshold(layers, moments, window_rows=64, windows=300).threshold
+    assert thresholds[0] > thresholds[1] > exact

@@ -65,6 +65,22 @@ def test_custom_module_is_exported_verified_and_published(tmp_path: Path) -> Non
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert "1 layers in PyTorch, 0 BatchNormalization nodes left (1 folded)" in format_summary(
         result)
+    # No held-out rows were given: no threshold is claimed; the server's default applies.
+    assert "drift" not in card and card["batchnorm"]["layers"][0]["name"] == "bn"
+    assert "the server's default applies" in format_summary(result)
+
+
+def test_held_out_rows_calibrate_the_drift_threshold_of_a_custom_module(tmp_path: Path) -> None:
+    stats = InputStatistics.from_data(RAW)
+    net = trained_net(stats.standardize(RAW)).eval()
+    held_out = (np.random.default_rng(9).normal(size=(300, 6)) * [1, 10, 100, 1, 1, 5]
+                + 50).astype(np.float32)
+    result = export_module(net, RAW[:64], tmp_path / "models", "mine", input_statistics=stats,
+                           calibration_input=held_out)
+    drift = result.card["drift"]
+    assert drift["calibration"]["held_out_rows"] == 300 and drift["window_rows"] == 128
+    assert drift["threshold"] > drift["calibration"]["clean_median_score"] > 0
+    assert "alarm above" in format_summary(result)
 
 
 def test_module_in_training_mode_is_refused(tmp_path: Path) -> None:

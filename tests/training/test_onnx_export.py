@@ -31,7 +31,7 @@ DRY = TrainConfig(dry_run=True)
 def test_export_publishes_model_and_card(exported: ExportResult) -> None:
     assert exported.version == 1 and exported.path.name == "1"
     assert sorted(p.name for p in exported.path.iterdir()) == [
-        "checkpoint.pt", "metadata.json", "model.onnx"
+        "checkpoint.pt", "metadata.json", "model.onnx", "unfolded.onnx"
     ]
     assert sorted(p.name for p in exported.path.parent.iterdir()) == ["1"]  # no staging left
     card = json.loads((exported.path / "metadata.json").read_text())
@@ -58,6 +58,26 @@ def test_export_publishes_model_and_card(exported: ExportResult) -> None:
     assert card["sha256"] == digest
     assert datetime.fromisoformat(card["created"]).tzinfo is not None
     assert card["verification"]["failures"] == []
+
+
+def test_export_keeps_the_batchnorm_reference_and_a_calibrated_drift_threshold(
+        exported: ExportResult) -> None:
+    """Folding stays on for the served graph; the unfolded one travels beside it with the
+    running statistics the drift monitor and recalibration compare live activations with."""
+    bn, drift = exported.card["batchnorm"], exported.card["drift"]
+    unfolded = onnx.load(str(exported.path / bn["reference_graph"]))
+    assert bn["reference_graph"] == "unfolded.onnx"
+    assert bn["reference_sha256"] == hashlib.sha256(
+        (exported.path / "unfolded.onnx").read_bytes()).hexdigest()
+    nodes = [n for n in unfolded.graph.node if n.op_type == "BatchNormalization"]
+    assert [layer["node"] for layer in bn["layers"]] == [n.name for n in nodes]
+    assert [layer["name"] for layer in bn["layers"]][:2] == ["stem.1", "stage1.conv1.1"]
+    sizes = {t.name: t.dims[0] for t in unfolded.graph.initializer}
+    assert [layer["channels"] for layer in bn["layers"]] == [sizes[n.input[3]] for n in nodes]
+    assert drift["measure"] == "gaussian_kl" and drift["window_rows"] == 128
+    assert drift["false_alarm_rate"] == 0.01
+    assert 0 < drift["calibration"]["clean_median_score"] < drift["threshold"] < 0.05
+    assert drift["calibration"]["held_out_rows"] >= 128
 
 
 def test_exported_graph_is_clean_with_a_dynamic_batch_axis(exported: ExportResult) -> None:
