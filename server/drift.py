@@ -12,8 +12,9 @@
 
 The alarm waits for a full window: the threshold was calibrated on windows of exactly
 ``window_rows`` rows, and a smaller window scores higher on clean data by chance. It is
-raised while the model's score is above the threshold and cleared when the window (which
-slides) scores below it again.
+raised when the model's score goes above the threshold and cleared when the window (which
+slides) scores below ``CLEAR_FRACTION`` of it: a score hovering at the threshold must not
+raise and clear the alarm probe after probe.
 
 The CPU budget: a probe that took t seconds lets the next one start only t / budget seconds
 after it began, so the probes take at most ``probe_budget`` of one core, whatever the batch
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATED = "calibrated at export"
 DEFAULT = "default"
+CLEAR_FRACTION = 0.8
 MAX_WINDOW_BYTES = 256 * 1024 * 1024  # per-row sums of one window: rows x channels x 24 B
 
 
@@ -225,7 +227,9 @@ class DriftMonitor:
         now = self._clock()
         score = model_score(drifts)
         self._scored = _Scored(drifts, score, now)
-        alarm = self._filled >= self.policy.window_rows and score > self.policy.threshold
+        full = self._filled >= self.policy.window_rows
+        limit = self.policy.threshold * (CLEAR_FRACTION if self._alarm_since else 1.0)
+        alarm = full and score > limit
         if alarm and not self._alarm_since:
             self._alarm_since = self._wall_clock()
             worst = max(drifts, key=lambda d: d.score)

@@ -21,7 +21,7 @@ def test_importing_the_client_imports_neither_torch_nor_onnxruntime():
 
 def test_public_names_are_exactly_all():
     public = {name for name in vars(bnserve.client) if not name.startswith("_")}
-    modules = {"aio", "sync", "errors", "messages", "channels"}
+    modules = {"aio", "sync", "errors", "messages", "channels", "monitor"}
     assert set(bnserve.client.__all__) == public - modules
     for name in bnserve.client.__all__:
         assert getattr(bnserve.client, name) is not None
