@@ -25,8 +25,11 @@ def plot_report(report: DriftReport, path: str) -> None:
         for index, layer in enumerate(report.layers):
             history.plot(seconds, [p.layer_scores[index] for p in report.history],
                          linewidth=1, label=layer.name)
-        history.plot(seconds, [p.score for p in report.history], color="black", linewidth=2.5,
-                     label="model")
+        model = [p.score for p in report.history]
+        history.plot(seconds, model, color="black", linewidth=2.5, label="model")
+        scores = [s for p in report.history for s in (p.score, *p.layer_scores) if s > 0]
+        if scores and max(scores) > 100 * min(scores):
+            history.set_yscale("log")  # clean (~1e-3) and drifted (~1) on one plot
     else:
         history.text(0.5, 0.5, "no history yet", ha="center", transform=history.transAxes)
     history.axhline(report.threshold, color="red", linestyle="--",
@@ -45,6 +48,11 @@ def plot_report(report: DriftReport, path: str) -> None:
                               label="reference ± 1 sd")
         channels.plot(index, worst.reference_mean, "o-", color="tab:blue", label="reference mean")
         if worst.live_mean is not None:
+            if worst.live_var is not None:
+                live_spread = np.sqrt(worst.live_var)
+                channels.fill_between(index, worst.live_mean - live_spread,
+                                      worst.live_mean + live_spread, alpha=0.2,
+                                      color="tab:orange", label="live ± 1 sd")
             channels.plot(index, worst.live_mean, "s-", color="tab:orange", label="live mean")
         channels.set_title(f"worst layer {worst.name} (score {worst.score:.4f})")
         channels.set_xlabel("channel")

@@ -16,9 +16,11 @@ raised when the model's score goes above the threshold and cleared when the wind
 slides) scores below ``CLEAR_FRACTION`` of it: a score hovering at the threshold must not
 raise and clear the alarm probe after probe.
 
-The CPU budget: a probe that took t seconds lets the next one start only t / budget seconds
-after it began, so the probes take at most ``probe_budget`` of one core, whatever the batch
-sizes and the traffic (a probe of one row costs about twice the served run of that row).
+The CPU budget: a probe that used t seconds of CPU lets the next one start only t / budget
+seconds after it began, so the probes take at most ``probe_budget`` of one core, whatever
+the batch sizes and the traffic (a probe of one row costs about twice the served run of that
+row). CPU time, not wall time: a probe preempted by the serving threads it shares the
+cores with would otherwise count their work as its own and starve the window.
 Plain Python and numpy; the tests drive it with a fake reference and no gRPC.
 """
 
@@ -138,7 +140,8 @@ class _Window:
 class DriftMonitor:
     def __init__(self, reference: Reference, policy: MonitorPolicy, *, label: str = "",
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
         if not 0 < policy.probe_budget <= 1:
             raise ValueError("probe_budget must lie in (0, 1]")
         channels = sum(layer.channels for layer in reference.layers)
@@ -150,6 +153,7 @@ class DriftMonitor:
         self.label = label  # "model/version", for the log
         self._clock = clock
         self._wall_clock = wall_clock
+        self._cpu_clock = cpu_clock  # the worker thread's CPU time (onnxruntime runs in it)
         self._windows = [_Window(policy.window_rows, layer.channels)
                          for layer in reference.layers]
         self._next_slot = 0
@@ -168,6 +172,7 @@ class DriftMonitor:
         self.sampled_rows = 0
         self.dropped_samples = 0
         self.probe_errors = 0
+        self.probe_cpu_s = 0.0  # CPU seconds the probes took (what the monitor costs)
 
     # -- the serving side (executor threads) -------------------------------------------------
 
@@ -187,7 +192,7 @@ class DriftMonitor:
         return True
 
     def _probe(self, feeds: Mapping[str, np.ndarray]) -> None:
-        started = self._clock()
+        started, cpu_started = self._clock(), self._cpu_clock()
         try:
             moments = self.reference.measure(feeds)
             self._add(moments)
@@ -199,8 +204,9 @@ class DriftMonitor:
                 log.exception("drift monitor %s: a probe failed (later failures are only "
                               "counted)", self.label)
         finally:
-            elapsed = self._clock() - started
-            self._next_probe_at = started + elapsed / self.policy.probe_budget
+            used = self._cpu_clock() - cpu_started
+            self.probe_cpu_s += used
+            self._next_probe_at = started + used / self.policy.probe_budget
             self._busy.release()
 
     def _add(self, moments: Sequence[RowMoments]) -> None:
@@ -230,6 +236,7 @@ class DriftMonitor:
         full = self._filled >= self.policy.window_rows
         limit = self.policy.threshold * (CLEAR_FRACTION if self._alarm_since else 1.0)
         alarm = full and score > limit
+        changed = alarm != bool(self._alarm_since)
         if alarm and not self._alarm_since:
             self._alarm_since = self._wall_clock()
             worst = max(drifts, key=lambda d: d.score)
@@ -240,7 +247,9 @@ class DriftMonitor:
             self._alarm_since = 0.0
             log.info("drift monitor %s: back below the threshold (score %.4f)", self.label,
                      score)
-        if now - self._last_history_at >= self.policy.history_interval_s:
+        # A point per interval, and one whenever the alarm turns on or off (so that a plot
+        # shows the rise even between two interval points).
+        if changed or now - self._last_history_at >= self.policy.history_interval_s:
             self._last_history_at = now
             self._history.append((now, score, tuple(d.score for d in drifts)))
 

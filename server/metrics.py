@@ -106,6 +106,8 @@ def _drift_families(models: list[Any]):
     dropped = CounterMetricFamily("bnserve_bn_drift_dropped_samples", "Sampled batches the "
                                   "monitor dropped (a probe was running or its CPU budget "
                                   "was spent)", labels=labels)
+    cpu = CounterMetricFamily("bnserve_bn_drift_probe_cpu_seconds", "CPU time the drift "
+                              "probes took (the monitor's cost)", labels=labels)
     for model in models:
         monitor = model.monitoring.monitor
         if monitor is None:
@@ -119,7 +121,8 @@ def _drift_families(models: list[Any]):
         batches.add_metric(key, monitor.sampled_batches)
         rows.add_metric(key, monitor.sampled_rows)
         dropped.add_metric(key, monitor.dropped_samples)
-    yield from (layer, score, threshold, alarm, batches, rows, dropped)
+        cpu.add_metric(key, monitor.probe_cpu_s)
+    yield from (layer, score, threshold, alarm, batches, rows, dropped, cpu)
 
 
 def _snapshot(source: Callable[[], Iterable[Any]]) -> list[Any]:

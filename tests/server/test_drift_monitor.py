@@ -128,8 +128,9 @@ def test_the_probe_budget_spaces_probes_out():
         return real_measure(feeds)
 
     reference.measure = one_second_probe
-    monitor = DriftMonitor(reference, policy(probe_budget=0.25), clock=lambda: now[0])
-    assert monitor.offer(rows(4)) and monitor.wait_idle()  # ran from t=0 to t=1
+    monitor = DriftMonitor(reference, policy(probe_budget=0.25), clock=lambda: now[0],
+                           cpu_clock=lambda: now[0])
+    assert monitor.offer(rows(4)) and monitor.wait_idle()  # used 1 s of CPU from t=0
     now[0] = 3.9
     assert not monitor.offer(rows(4))  # 1 s of probing buys 4 s: not before t=4
     now[0] = 4.0
