@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "bnserve.server.cli",
     "bnserve.client.predict_cli",
     "bnserve.client.admin_cli",
+    "bnserve.client.drift_cli",
 )
 
 

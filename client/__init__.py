@@ -20,6 +20,7 @@ from bnserve.client.errors import (
     UnauthenticatedError,
 )
 from bnserve.client.messages import ModelMetadata, RepositoryModel, TensorInfo
+from bnserve.client.monitor import DriftPoint, DriftReport, LayerDrift
 from bnserve.client.sync import Client
 
 __all__ = [
@@ -27,8 +28,11 @@ __all__ = [
     "BnserveError",
     "Client",
     "DeadlineExceededError",
+    "DriftPoint",
+    "DriftReport",
     "FailedPreconditionError",
     "InvalidRequestError",
+    "LayerDrift",
     "ModelMetadata",
     "ModelNotFoundError",
     "RepositoryModel",

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from bnserve.client.messages import ModelMetadata, bearer_metadata
+from bnserve.proto import monitor_pb2_grpc as monitor_grpc
 from bnserve.proto import open_inference_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "localhost:8001"
@@ -98,8 +99,9 @@ class ClientBase:
     ``private_key`` + ``certificate_chain`` (PEM) present a client certificate (mutual TLS).
     ``tls_server_name``: with TLS, the name the server's certificate must carry, when it is
     not the host in ``address`` (e.g. 127.0.0.1 for a server whose certificate names a DNS name).
-    ``admin_token``: sent as ``authorization: Bearer <token>`` on the repository calls
-    (index, load, unload) only; give one address for those, they change one server.
+    ``admin_token``: sent as ``authorization: Bearer <token>`` on the admin calls
+    (repository index, load, unload; captured_inputs) only; give one address for those,
+    they change (or read) one server.
     ``auth_token``: sent as ``authorization: Bearer <token>`` on every other call (and on the
     repository calls when there is no ``admin_token``), for a server with ``--auth-token-file``.
     ``connections``: connections per address (4); calls take them in turn, so that more
@@ -152,6 +154,9 @@ class ClientBase:
         self._channels = [channel for pool in self._pools for channel in pool]
         self._stubs = [[pb_grpc.GRPCInferenceServiceStub(c) for c in pool]
                        for pool in self._pools]
+        # bnserve's own BatchNormMonitor service, on the same connections.
+        self._monitor_stubs = [[monitor_grpc.BatchNormMonitorStub(c) for c in pool]
+                               for pool in self._pools]
         self._turns = itertools.count()
         self._order = RoundRobin(len(self._stubs))
         self._metadata_cache: dict[tuple[str, str], ModelMetadata] = {}
@@ -165,8 +170,10 @@ class ClientBase:
     def _left(deadline: float | None) -> float | None:
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
-    def _attempts(self, timeout: float | None) -> Iterator[tuple[Any, float | None, bool]]:
-        """(stub, seconds left, is_last) for each address a call may try, in round-robin order.
+    def _attempts(self, timeout: float | None, *, monitor: bool = False
+                  ) -> Iterator[tuple[Any, float | None, bool]]:
+        """(stub, seconds left, is_last) for each address a call may try, in round-robin order;
+        ``monitor``: stubs of the BatchNormMonitor service instead of the inference service.
 
         All attempts share one deadline: failing over never extends the caller's timeout.
         """
@@ -175,9 +182,9 @@ class ClientBase:
         order = self._order.order()
         for attempt, index in enumerate(order):
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            yield self._stub(index), remaining, attempt == len(order) - 1
+            yield self._stub(index, monitor=monitor), remaining, attempt == len(order) - 1
 
-    def _stub(self, index: int) -> Any:
+    def _stub(self, index: int, *, monitor: bool = False) -> Any:
         """A stub for address ``index``, on its connections in turn."""
-        pool = self._stubs[index]
+        pool = (self._monitor_stubs if monitor else self._stubs)[index]
         return pool[next(self._turns) % len(pool)]

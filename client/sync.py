@@ -30,6 +30,13 @@ from bnserve.client.messages import (
     stream_request,
     stream_result,
 )
+from bnserve.client.monitor import (
+    DriftReport,
+    captured_from_response,
+    captured_request,
+    drift_report_from_response,
+    drift_request,
+)
 from bnserve.proto import open_inference_pb2 as pb
 
 __all__ = ["Client"]
@@ -59,9 +66,9 @@ class Client(ClientBase):
     # -- calls ------------------------------------------------------------------------------
 
     def _call(self, method: str, request: Any, timeout: float | None,
-              metadata: Any = None) -> Any:
+              metadata: Any = None, *, monitor: bool = False) -> Any:
         with translate_rpc_errors():
-            for stub, remaining, last in self._attempts(timeout):
+            for stub, remaining, last in self._attempts(timeout, monitor=monitor):
                 try:
                     return getattr(stub, method)(request, timeout=remaining,
                                                metadata=metadata or self._auth)
@@ -223,3 +230,26 @@ class Client(ClientBase):
         """Stop serving ``model`` once its queued requests are answered (explicit control)."""
         request = pb.RepositoryModelUnloadRequest(model_name=model)
         self._call("RepositoryModelUnload", request, timeout, self._admin)
+
+    # -- bnserve's BatchNorm monitor ------------------------------------------------------------
+
+    def drift_report(self, model: str, version: str | int | None = None, *,
+                     include_channels: bool = False,
+                     timeout: float | None = None) -> DriftReport:
+        """How far the activations entering each BatchNorm layer of ``model`` (its highest
+        ready version unless ``version``) are from what training froze into them.
+        ``include_channels``: also each layer's per-channel reference and live moments.
+        FailedPreconditionError when the version has no monitor (the message says why)."""
+        request = drift_request(model, version, include_channels)
+        return drift_report_from_response(
+            self._call("DriftReport", request, timeout, monitor=True))
+
+    def captured_inputs(self, model: str, version: str | int | None = None, *,
+                        max_rows: int = 0,
+                        timeout: float | None = None) -> dict[str, np.ndarray]:
+        """The most recent input rows the server captured for ``model`` (a server started
+        with --capture-rows), oldest first, at most ``max_rows`` (0: all it holds and can
+        send). Needs the admin token (``admin_token=``)."""
+        request = captured_request(model, version, max_rows)
+        return captured_from_response(
+            self._call("CapturedInputs", request, timeout, self._admin, monitor=True))

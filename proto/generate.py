@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
-PROTO_FILES = ("model_config.proto", "open_inference.proto")
+PROTO_FILES = ("model_config.proto", "open_inference.proto", "monitor.proto")
 VIRTUAL_ROOT = "bnserve/proto"
 
 

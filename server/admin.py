@@ -1,4 +1,5 @@
-"""Who may call the repository API (RepositoryIndex, RepositoryModelLoad/Unload).
+"""Who may call the repository API (RepositoryIndex, RepositoryModelLoad/Unload) and the
+monitor's admin calls (CapturedInputs, Recalibrate): the same admin token guards both.
 
 With ``--admin-token-file`` the caller must send gRPC metadata ``authorization: Bearer
 <token>`` (tritonclient: ``headers={"authorization": "Bearer ..."}``); the comparison is
@@ -20,6 +21,7 @@ from bnserve.server.auth import MAX_TOKEN_CHARS, Metadata, TokenFile, matches_an
 from bnserve.server.errors import PermissionDeniedError, PreconditionError, UnauthenticatedError
 
 MAX_TOKEN_BYTES = MAX_TOKEN_CHARS
+REPOSITORY_API = "the repository API"
 
 
 def read_token(path: Path) -> bytes:
@@ -53,17 +55,18 @@ class AdminGuard:
         """Whether a call's header digest (``bnserve.server.auth.presented``) is the admin token."""
         return self._digest is not None and hmac.compare_digest(digest, self._digest)
 
-    def check(self, metadata: Metadata) -> None:
-        """Raise unless the call's metadata carries the admin token (or the API is open)."""
+    def check(self, metadata: Metadata, *, api: str = REPOSITORY_API) -> None:
+        """Raise unless the call's metadata carries the admin token (or the API is open).
+        ``api``: what the messages call the refused API."""
         if self._digest is None:
             if self._open:
                 return
             raise PreconditionError(
-                "the repository API is disabled: start the server with --admin-token-file "
+                f"{api} is disabled: start the server with --admin-token-file "
                 "(or --allow-unauthenticated-admin)")
-        self.verify(presented(metadata))
+        self.verify(presented(metadata), api=api)
 
-    def verify(self, digest: bytes) -> None:
+    def verify(self, digest: bytes, *, api: str = REPOSITORY_API) -> None:
         """Raise unless ``digest`` is the admin token's (the server has one)."""
         # compare_digest, against the admin token and every inference token whatever
         # matches first: the time taken does not tell how much of a token matched.
@@ -72,7 +75,6 @@ class AdminGuard:
         if admin:
             return
         if inference:
-            raise PermissionDeniedError("an inference token may not call the repository API: it "
-                                        "needs metadata 'authorization: Bearer <admin token>'")
-        raise UnauthenticatedError("the repository API needs metadata "
-                                   "'authorization: Bearer <admin token>'")
+            raise PermissionDeniedError(f"an inference token may not call {api}: it needs "
+                                        "metadata 'authorization: Bearer <admin token>'")
+        raise UnauthenticatedError(f"{api} needs metadata 'authorization: Bearer <admin token>'")

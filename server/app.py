@@ -13,14 +13,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bnserve.proto import monitor_pb2 as mpb
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.server import metrics
 from bnserve.server.admin import AdminGuard, read_token
-from bnserve.server.auth import TokenFile, TokenInterceptor, token_digest
+from bnserve.server.auth import (
+    MONITOR_ADMIN_METHODS,
+    REPOSITORY_METHODS,
+    TokenFile,
+    TokenInterceptor,
+    token_digest,
+)
 from bnserve.server.codec import Codec
 from bnserve.server.controller import Loader, RepositoryController
 from bnserve.server.loader import load_version
 from bnserve.server.model import ServedModel
+from bnserve.server.monitor_servicer import BatchNormMonitorServicer, Recalibrate
 from bnserve.server.registry import ModelRegistry
 from bnserve.server.repository import ModelRepository
 from bnserve.server.runtime import available_providers, select_providers
@@ -32,6 +40,8 @@ from bnserve.server.transport import InferenceTransport
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+MONITOR_SERVICE = mpb.DESCRIPTOR.services_by_name["BatchNormMonitor"]
+MONITOR_SERVICE_NAME = MONITOR_SERVICE.full_name
 
 
 def _package_version() -> str:
@@ -44,7 +54,8 @@ def _package_version() -> str:
 class InferenceServer:
     """A started-or-startable server: the grpc.aio server, its port and its model lifecycle."""
 
-    def __init__(self, settings: ServerSettings, *, loader: Loader = load_version) -> None:
+    def __init__(self, settings: ServerSettings, *, loader: Loader = load_version,
+                 recalibrate: Recalibrate | None = None) -> None:
         self.settings = settings
         # A device that cannot be had fails the start, not each model one by one.
         select_providers(settings.device, available_providers())
@@ -61,7 +72,8 @@ class InferenceServer:
         admin = AdminGuard(token, allow_unauthenticated=settings.allow_unauthenticated_admin,
                            inference_tokens=tokens)
         # Only with a token file: without one no call pays for an interceptor.
-        interceptors = [TokenInterceptor(SERVICE_NAME, tokens, admin,
+        protected = {SERVICE_NAME: REPOSITORY_METHODS, MONITOR_SERVICE_NAME: MONITOR_ADMIN_METHODS}
+        interceptors = [TokenInterceptor(protected, tokens, admin,
                                          on_reject=metrics.count_rejected)] \
             if tokens or token else []
         self.grpc_server = grpc.aio.server(options=channel_options(settings),
@@ -72,8 +84,15 @@ class InferenceServer:
                                      server_name=settings.server_name,
                                      server_version=_package_version(),
                                      on_request=metrics.count_request)
-        self.grpc_server.add_generic_rpc_handlers((InferenceTransport(
-            servicer, self.codec, on_rejected=metrics.count_rejected).generic_handler(),))
+        monitor = BatchNormMonitorServicer(self.registry, admin,
+                                           max_send_bytes=settings.max_message_bytes,
+                                           recalibrate=recalibrate)
+        self.grpc_server.add_generic_rpc_handlers((
+            InferenceTransport(servicer, self.codec,
+                               on_rejected=metrics.count_rejected).generic_handler(),
+            InferenceTransport(monitor, self.codec, on_rejected=metrics.count_rejected,
+                               service=MONITOR_SERVICE).generic_handler(),
+        ))
         self.health = health.aio.HealthServicer()
         self._health_lock = asyncio.Lock()
         self._health_names: set[str] = set()  # model names health has a status for
@@ -82,8 +101,8 @@ class InferenceServer:
         self.refusing = False  # grpc refuses new calls (the drain window is over)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
-        )
+            (SERVICE_NAME, MONITOR_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.grpc_server)
         address = f"{settings.host}:{settings.port}"
         if ":" in settings.host and not settings.host.startswith("["):
             address = f"[{settings.host}]:{settings.port}"
@@ -215,7 +234,9 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
-def build_server(settings: ServerSettings, *, loader: Loader = load_version) -> InferenceServer:
+def build_server(settings: ServerSettings, *, loader: Loader = load_version,
+                 recalibrate: Recalibrate | None = None) -> InferenceServer:
     """Bind the port; ``await server.start()`` loads the models and serves. ``loader``: a
-    test's stand-in for ``bnserve.server.loader.load_version``."""
-    return InferenceServer(settings, loader=loader)
+    test's stand-in for ``bnserve.server.loader.load_version``; ``recalibrate``: the hook
+    that answers BatchNormMonitor.Recalibrate (None: UNIMPLEMENTED)."""
+    return InferenceServer(settings, loader=loader, recalibrate=recalibrate)

@@ -1,10 +1,10 @@
 """Bearer tokens: the inference token file, its reload, and the interceptor that checks them.
 
 With ``--auth-token-file`` every RPC of ``inference.GRPCInferenceService`` (liveness,
-readiness and metadata included) needs gRPC metadata ``authorization: Bearer <token>`` with
-one of the file's tokens, or the admin token (an operator can call everything with it);
-anything else is answered UNAUTHENTICATED. The gRPC health service and reflection stay
-open: Kubernetes probes carry no token.
+readiness and metadata included) and of ``bnserve.v1.BatchNormMonitor`` needs gRPC
+metadata ``authorization: Bearer <token>`` with one of the file's tokens, or the admin
+token (an operator can call everything with it); anything else is answered UNAUTHENTICATED.
+The gRPC health service and reflection stay open: Kubernetes probes carry no token.
 
 The file: one token per line; blank lines and lines starting with ``#`` are ignored; a token
 is 1 to 4096 printable ASCII characters without spaces. It is re-read when it changes: the
@@ -20,8 +20,9 @@ of one did (nor its length). Tokens are never logged; status messages say what i
 never what was sent.
 
 ``TokenInterceptor`` is installed only when a token file (inference or admin) is
-configured. It also answers the repository API's token refusals (through ``AdminGuard``), so
-each refusal is counted under its RPC's name in ``bnserve_rejected_calls_total``.
+configured. It also answers the token refusals of the admin calls (the repository API and
+the monitor's CapturedInputs and Recalibrate, through ``AdminGuard``), so each refusal is
+counted under its RPC's name in ``bnserve_rejected_calls_total``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ MAX_TOKEN_CHARS = 4096
 MAX_FILE_BYTES = 1 << 20  # a token file is a few lines, never a megabyte
 RECHECK_S = 1.0  # the request path stats the token file at most this often
 REPOSITORY_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
+MONITOR_ADMIN_METHODS = frozenset({"CapturedInputs", "Recalibrate"})
 
 Metadata = Iterable[tuple[str, str | bytes]] | None
 
@@ -180,18 +182,19 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the bearer token of every call to ``service`` before its handler runs.
+    """Checks the bearer token of every call to ``services`` before its handler runs.
 
-    ``tokens``: the inference tokens (None: the inference API is open, only the repository
-    API needs a token). Repository calls are decided by ``admin`` when it has a token: the
-    admin token passes, an inference token is PERMISSION_DENIED, anything else
-    UNAUTHENTICATED. ``on_reject(method, reason)`` counts each refusal.
+    ``services``: full service name -> its admin-only methods. ``tokens``: the inference
+    tokens (None: those services are open, only the admin methods need a token). Admin
+    calls are decided by ``admin`` when it has a token: the admin token passes, an
+    inference token is PERMISSION_DENIED, anything else UNAUTHENTICATED. ``on_reject(method,
+    reason)`` counts each refusal.
     """
 
-    def __init__(self, service: str, tokens: TokenFile | None, admin: AdminGuard, *,
-                 on_reject: Callable[[str, str], None]) -> None:
-        self._prefix = f"/{service}/"
-        self._service = service
+    def __init__(self, services: dict[str, frozenset[str]], tokens: TokenFile | None,
+                 admin: AdminGuard, *, on_reject: Callable[[str, str], None]) -> None:
+        self._services = {f"/{service}/": (service, methods)
+                          for service, methods in services.items()}
         self._tokens = tokens
         self._admin = admin
         self._on_reject = on_reject
@@ -199,28 +202,32 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        prefix = method[:method.rfind("/") + 1] if isinstance(method, str) else ""
         # Other services (health, reflection) are exempt; an unknown method stays
         # UNIMPLEMENTED and is not counted (its name is client text, not a label).
-        if handler is None or not method.startswith(self._prefix):
+        if handler is None or prefix not in self._services:
             return handler
-        name = method[len(self._prefix):]
+        service, admin_methods = self._services[prefix]
+        name = method[len(prefix):]
         try:
-            self._check(name, handler_call_details.invocation_metadata)
+            self._check(service, name, name in admin_methods,
+                        handler_call_details.invocation_metadata)
         except (UnauthenticatedError, PermissionDeniedError) as exc:
             reason = "permission_denied" if isinstance(exc, PermissionDeniedError) else "unauthenticated"
             self._on_reject(name, reason)
             return _refusal(handler, exc.status_code, str(exc))
         return handler
 
-    def _check(self, method: str, metadata: Metadata) -> None:
+    def _check(self, service: str, method: str, admin_only: bool, metadata: Metadata) -> None:
         digest = presented(metadata)
-        if method in REPOSITORY_METHODS and self._admin.has_token:
-            self._admin.verify(digest)
+        if admin_only and self._admin.has_token:
+            self._admin.verify(digest, api="the repository API" if method in REPOSITORY_METHODS
+                               else method)
             return
         if self._tokens is None:
             return
         inference = matches_any(digest, self._tokens.digests())
         admin = self._admin.matches(digest)
         if not (inference | admin):
-            raise UnauthenticatedError(f"{self._service} needs metadata 'authorization: "
+            raise UnauthenticatedError(f"{service} needs metadata 'authorization: "
                                        "Bearer <token>' with a token this server accepts")

@@ -66,6 +66,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tls-private-key", help="PEM private key (enables TLS)")
     parser.add_argument("--tls-client-ca",
                         help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    parser.add_argument("--drift-sample-rate", type=float,
+                        help="share of batches the BatchNorm drift monitor measures, 0 = off "
+                        "(default: 0.05)")
+    parser.add_argument("--drift-rows-per-sample", type=int,
+                        help="most rows measured per sampled batch (default: 32)")
+    parser.add_argument("--drift-probe-budget", type=float,
+                        help="most of one core's time the drift probes may take (default: 0.02)")
+    parser.add_argument("--drift-window-rows", type=int,
+                        help="sliding window of the monitor when the card has none (default: 128)")
+    parser.add_argument("--drift-threshold", type=float,
+                        help="alarm threshold when the card has no calibrated one (default: 0.05)")
+    parser.add_argument("--drift-history-points", type=int,
+                        help="history points kept per monitor (default: 360)")
+    parser.add_argument("--drift-history-interval-s", type=float,
+                        help="seconds between history points (default: 10)")
+    parser.add_argument("--capture-rows", type=int,
+                        help="keep the N most recent sampled input rows per version in memory "
+                        "for CapturedInputs (admin token); 0 = off (default)")
     parser.add_argument(
         "--port-file", help="write the bound port to this file once serving (for scripts and tests)"
     )
@@ -136,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
              "max_queue_size", "device", "intra_op_threads", "metrics_port", "tls_certificate",
              "tls_private_key", "model_control_mode", "repository_poll_secs", "load_model",
              "admin_token_file", "allow_unauthenticated_admin", "shutdown_grace_s",
-             "drain_window_s", "auth_token_file", "metrics_host", "tls_client_ca")
+             "drain_window_s", "auth_token_file", "metrics_host", "tls_client_ca",
+             "drift_sample_rate", "drift_rows_per_sample", "drift_probe_budget",
+             "drift_window_rows", "drift_threshold", "drift_history_points",
+             "drift_history_interval_s", "capture_rows")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
         settings = ServerSettings(**overrides)

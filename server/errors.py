@@ -14,9 +14,12 @@
      |                                accepts (inference or admin token, as the API needs)
      +-- PermissionDeniedError        PERMISSION_DENIED: a valid token without the right: an
      |                                inference token on the repository API
+     +-- UnimplementedError           UNIMPLEMENTED: a declared method this server does not
+     |                                offer (yet)
      +-- PreconditionError            FAILED_PRECONDITION: an admin call this server refuses
      |    |                           in its mode (load/unload outside explicit mode, no
-     |    |                           admin token configured)
+     |    |                           admin token configured); a drift report for a version
+     |    |                           without a monitor, captured inputs with capture off
      |    +-- ModelLoadError          a version that must not be served; ``reason`` is short
      |         +-- ConfigError        and safe to show a client, ``detail`` goes to the log
      |                                only (it may hold host paths or onnxruntime's text)
@@ -91,6 +94,10 @@ class UnauthenticatedError(ServingError):
 
 class PermissionDeniedError(ServingError):
     status_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UnimplementedError(ServingError):
+    status_code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class PreconditionError(ServingError):

@@ -2,7 +2,8 @@
 
 ``read_checked_graph(version_dir)`` returns the graph (without external data) once:
 
-- ``model.onnx`` is a regular file in the version folder: not a symlink, not a hard link;
+- ``model.onnx`` (or the file named: the card's unfolded reference graph) is a regular file
+  in the version folder: not a symlink, not a hard link;
 - every external-data ``location`` the graph names is a relative path that resolves inside
   the version folder with no symlink on the way, to a regular file with one link
   (``st_nlink == 1``): a hard link could make a file outside the repository look like one
@@ -63,14 +64,15 @@ def _check_location(version_dir: Path, location: str) -> None:
                              f"{location!r} resolves to {resolved}")
 
 
-def read_checked_graph(version_dir: Path) -> onnx.ModelProto:
-    """The graph of ``version_dir/model.onnx`` (external data not loaded), all checks passed."""
-    model_path = version_dir / MODEL_FILE
-    _check_plain_file(model_path, MODEL_FILE)
+def read_checked_graph(version_dir: Path, file_name: str = MODEL_FILE) -> onnx.ModelProto:
+    """The graph of ``version_dir/file_name`` (external data not loaded), all checks passed.
+    ``file_name`` is a plain name (the card's checked it), never a path."""
+    model_path = version_dir / file_name
+    _check_plain_file(model_path, file_name)
     try:
         graph = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends for a file that is not ONNX
-        raise ModelLoadError(f"{MODEL_FILE} is not a valid ONNX model",
+        raise ModelLoadError(f"{file_name} is not a valid ONNX model",
                              f"{model_path}: {exc}") from exc
     for location in external_data_locations(graph):
         _check_location(version_dir, location)

@@ -8,7 +8,10 @@
                      max_batch_size), labels, input formats
                    --batch independence proven on generated inputs (bnserve.server.independence)
                    --warm-up run at the largest batch
-                   --> ServedModel (not started)
+                   --drift reference (bnserve.server.drift_reference), if the version has
+                     BatchNorm layers: a reference that cannot be built leaves the version
+                     served without a monitor, and the drift report says why
+                   --> ServedModel (not started), with its sampler, monitor and capture
 
 Synchronous and slow (seconds for a big model): the controller runs it in a worker thread.
 Every refusal is a ``ModelLoadError`` with a short reason a client may see; its detail
@@ -23,10 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from bnserve.repository.card import CardError, ModelCard, read_card
 from bnserve.repository.graph import training_mode_batchnorms
 from bnserve.repository.layout import MODEL_FILE, model_name_problem
+from bnserve.server.capture import InputCapture
+from bnserve.server.drift import CALIBRATED, DEFAULT, DriftMonitor, MonitorPolicy
+from bnserve.server.drift_reference import build_reference
 from bnserve.server.errors import ConfigError, ModelLoadError, quoted
 from bnserve.server.file_checks import read_checked_graph
 from bnserve.server.independence import PROBE_ROWS, check_batch_independence, probe_inputs
@@ -34,6 +41,7 @@ from bnserve.server.model import ServedModel, ServingPlan
 from bnserve.server.model_config import ModelSettings, TensorConfig
 from bnserve.server.repository import VersionOnDisk
 from bnserve.server.runtime import OnnxRuntimeSession, TensorSpec
+from bnserve.server.sampling import BatchSampler, Monitoring
 from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +58,6 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
     directory = entry.directory
     graph = read_checked_graph(directory)
     problems = training_mode_batchnorms(graph)
-    del graph  # the weights are onnxruntime's to hold from here
     if problems:
         raise ModelLoadError(f"{problems[0]}: its outputs would depend on the other requests "
                              "in a batch (export the model in eval mode with frozen running "
@@ -67,13 +74,62 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
     plan = resolve_plan(session.inputs, session.outputs, settings, server, card,
                         directory.parent, name)
     plan = _prove_batch_independence(name, entry.version, session, plan, settings, card)
-    model = ServedModel(name, entry.version, directory, session, plan, settings, card=card,
-                        fingerprint=entry.fingerprint, observer=observer)
     _warm_up(session, plan, card)
+    monitoring = build_monitoring(f"{name}/{entry.version}", directory, card, graph, session,
+                                  plan, server)
+    del graph  # the weights are onnxruntime's to hold from here
+    model = ServedModel(name, entry.version, directory, session, plan, settings, card=card,
+                        fingerprint=entry.fingerprint, observer=observer,
+                        monitoring=monitoring)
     if settings.unhonoured:
         log.warning("model %r version %d: %s field(s) bnserve does not honour (ignored): %s",
                     name, entry.version, settings.source, ", ".join(settings.unhonoured))
     return model
+
+
+def build_monitoring(label: str, directory: Path, card: ModelCard | None,
+                     graph: onnx.ModelProto, session: OnnxRuntimeSession, plan: ServingPlan,
+                     server: ServerSettings) -> Monitoring:
+    """The version's sampler, drift monitor and input capture, as the settings ask."""
+    if server.drift_sample_rate == 0:
+        return Monitoring(drift_problem="the drift monitor is off on this server "
+                          "(--drift-sample-rate 0)")
+    rows = min(PROBE_ROWS, plan.max_batch_size) if plan.max_batch_size > 0 else None
+    probe = {n: np.ascontiguousarray(a) for n, a in
+             probe_inputs(plan.inputs, rows, card, seed=2).items()}
+    try:
+        answers = session.run(probe)
+    except Exception as exc:  # noqa: BLE001 - the model already ran such inputs; be safe
+        log.warning("%s: serving without a drift monitor: generated inputs failed: %s",
+                    label, exc)
+        answers = None
+    reference = "generated inputs could not run (see the server log)" if answers is None \
+        else build_reference(directory, card, graph, plan.inputs, probe, answers)
+    monitor, problem = None, ""
+    if isinstance(reference, str):
+        problem = reference
+    else:
+        calibrated = card.drift if card is not None else None
+        policy = MonitorPolicy(
+            window_rows=calibrated.window_rows if calibrated else server.drift_window_rows,
+            threshold=calibrated.threshold if calibrated else server.drift_threshold,
+            threshold_source=CALIBRATED if calibrated else DEFAULT,
+            sample_rate=server.drift_sample_rate, probe_budget=server.drift_probe_budget,
+            history_points=server.drift_history_points,
+            history_interval_s=server.drift_history_interval_s)
+        try:
+            monitor = DriftMonitor(reference, policy, label=label)
+        except ValueError as exc:  # a window too large for its memory cap
+            problem = str(exc)
+            log.warning("%s: serving without a drift monitor: %s", label, problem)
+    capture = None
+    if server.capture_rows and plan.max_batch_size > 0:
+        capture = InputCapture(server.capture_rows)
+    if monitor is None and capture is None:
+        return Monitoring(drift_problem=problem)
+    sampler = BatchSampler(server.drift_sample_rate, server.drift_rows_per_sample,
+                           monitor=monitor, capture=capture, batched=plan.max_batch_size > 0)
+    return Monitoring(sampler, drift_problem=problem)
 
 
 def resolve_plan(graph_inputs: list[TensorSpec], graph_outputs: list[TensorSpec],

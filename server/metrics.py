@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bnserve.server.batcher import BatchRecord
 
@@ -57,9 +57,15 @@ def count_rejected(method: str, reason: str) -> None:
     REJECTED.labels(method, reason).inc()
 
 
+# A layer label per BatchNorm layer: bounded by the models an operator serves, and again
+# here (the model's score covers every layer; ResNet-152 has 155).
+MAX_LAYER_SERIES = 256
+
+
 class _ModelGauges:
-    """In-flight requests and queue depth per model version, read from the models when
-    Prometheus scrapes (the batchers keep the counts; the request path pays nothing)."""
+    """In-flight requests and queue depth per model version, and each drift monitor's
+    scores, alarm and sampling counts, read from the models when Prometheus scrapes (the
+    batchers and monitors keep the figures; the request path pays nothing)."""
 
     def __init__(self) -> None:
         self.sources: list[Callable[[], Iterable[Any]]] = []
@@ -72,12 +78,51 @@ class _ModelGauges:
         depth = GaugeMetricFamily(
             "bnserve_queue_depth", "Requests waiting for a run of a model version",
             labels=["model", "version"])
-        for source in list(self.sources):
-            for model in _snapshot(source):
-                in_flight.add_metric([model.name, model.version], model.batcher.in_flight)
-                depth.add_metric([model.name, model.version], model.batcher.queued)
+        models = [model for source in list(self.sources) for model in _snapshot(source)]
+        for model in models:
+            in_flight.add_metric([model.name, model.version], model.batcher.in_flight)
+            depth.add_metric([model.name, model.version], model.batcher.queued)
         yield in_flight
         yield depth
+        yield from _drift_families(models)
+
+
+def _drift_families(models: list[Any]):
+    labels = ["model", "version"]
+    layer = GaugeMetricFamily(
+        "bnserve_bn_drift", "Drift of the activations entering a BatchNorm layer: mean over "
+        "channels of KL(live || reference) over the monitor's window, nats",
+        labels=[*labels, "layer"])
+    score = GaugeMetricFamily("bnserve_bn_drift_score", "A model version's drift score: the "
+                              "mean of its BatchNorm layers' drift", labels=labels)
+    threshold = GaugeMetricFamily("bnserve_bn_drift_threshold", "The drift score above which "
+                                  "the monitor raises its alarm", labels=labels)
+    alarm = GaugeMetricFamily("bnserve_bn_drift_alarm", "1 while the drift score of a full "
+                              "window is above the threshold", labels=labels)
+    batches = CounterMetricFamily("bnserve_bn_drift_sampled_batches", "Batches the drift "
+                                  "monitor measured", labels=labels)
+    rows = CounterMetricFamily("bnserve_bn_drift_sampled_rows", "Rows the drift monitor "
+                               "measured", labels=labels)
+    dropped = CounterMetricFamily("bnserve_bn_drift_dropped_samples", "Sampled batches the "
+                                  "monitor dropped (a probe was running or its CPU budget "
+                                  "was spent)", labels=labels)
+    cpu = CounterMetricFamily("bnserve_bn_drift_probe_cpu_seconds", "CPU time the drift "
+                              "probes took (the monitor's cost)", labels=labels)
+    for model in models:
+        monitor = model.monitoring.monitor
+        if monitor is None:
+            continue
+        key = [model.name, model.version]
+        for name, value in monitor.layer_scores()[:MAX_LAYER_SERIES]:
+            layer.add_metric([*key, name], value)
+        score.add_metric(key, monitor.score)
+        threshold.add_metric(key, monitor.policy.threshold)
+        alarm.add_metric(key, 1.0 if monitor.alarm else 0.0)
+        batches.add_metric(key, monitor.sampled_batches)
+        rows.add_metric(key, monitor.sampled_rows)
+        dropped.add_metric(key, monitor.dropped_samples)
+        cpu.add_metric(key, monitor.probe_cpu_s)
+    yield from (layer, score, threshold, alarm, batches, rows, dropped, cpu)
 
 
 def _snapshot(source: Callable[[], Iterable[Any]]) -> list[Any]:

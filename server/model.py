@@ -23,6 +23,7 @@ from bnserve.server.errors import InvalidInputError, quoted
 from bnserve.server.independence import IndependenceResult
 from bnserve.server.model_config import ModelSettings
 from bnserve.server.runtime import TensorSpec
+from bnserve.server.sampling import Monitoring
 from bnserve.server.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ServedModel:
         card: ModelCard | None = None,
         fingerprint: tuple = (),
         observer: Callable[[str, BatchRecord], None] | None = None,
+        monitoring: Monitoring | None = None,
     ) -> None:
         self.name = name
         self.version = str(version)
@@ -76,6 +78,9 @@ class ServedModel:
         self.card = card
         self.fingerprint = fingerprint  # what the files looked like when loaded
         self.statistics = InferenceStatistics()
+        # The drift monitor and the input capture (either may be off); the loader builds them.
+        self.monitoring = monitoring or Monitoring(drift_problem="the version has no monitor")
+        self._sampler = self.monitoring.sampler
         self.inputs: list[TensorSpec] = list(plan.inputs)
         self.outputs: list[TensorSpec] = list(plan.outputs)
         self._inputs_by_name = {spec.name: spec for spec in self.inputs}
@@ -122,12 +127,16 @@ class ServedModel:
         try:
             strings = max((a.size for a in feeds.values() if a.dtype == object), default=0)
             if strings <= STRING_RUN_ELEMENTS or not self.plan.batching:
-                return self.session.run(feeds)
-            rows = next(iter(feeds.values())).shape[0]
-            step = max(1, rows * STRING_RUN_ELEMENTS // strings)
-            parts = [self.session.run({n: a[i:i + step] for n, a in feeds.items()})
-                     for i in range(0, rows, step)]
-            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+                answer = self.session.run(feeds)
+            else:
+                rows = next(iter(feeds.values())).shape[0]
+                step = max(1, rows * STRING_RUN_ELEMENTS // strings)
+                parts = [self.session.run({n: a[i:i + step] for n, a in feeds.items()})
+                         for i in range(0, rows, step)]
+                answer = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            if self._sampler is not None:  # only inputs the model took; one draw when unsampled
+                self._sampler.offer(feeds)
+            return answer
         finally:
             with self._running_lock:
                 self._running -= 1
@@ -139,6 +148,7 @@ class ServedModel:
         """Finish every request already taken, take no more, release the session's threads."""
         await self.batcher.drain()
         self._executor.shutdown(wait=False)  # idle now: its threads exit on their own
+        self.monitoring.close()
 
     async def stop(self) -> None:
         """Stop now: waiting requests are answered UNAVAILABLE. A run still in progress
@@ -146,6 +156,7 @@ class ServedModel:
         shutdown)."""
         await self.batcher.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.monitoring.close()
         if self._running:
             log.warning("model %r version %s: a run outlived the shutdown grace period; not "
                         "waiting for it", self.name, self.version)

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bnserve.repository.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW_ROWS
+
 DEFAULT_PORT = 8001  # the Open Inference Protocol's customary gRPC port (Triton, KServe)
 
 
@@ -183,3 +185,63 @@ class ServerSettings(BaseSettings):
         "certificate signed by one of these CAs (mutual TLS), else the handshake fails.",
     )
     server_name: str = Field(default="bnserve", description="Name in ServerMetadata.")
+    drift_sample_rate: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share of served batches whose rows the BatchNorm drift monitor measures "
+        "(and the input capture keeps); one random draw per batch decides. 0 turns the "
+        "monitor (and the capture) off.",
+    )
+    drift_rows_per_sample: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Most rows measured from one sampled batch (contiguous, from a random "
+        "offset).",
+    )
+    drift_probe_budget: float = Field(
+        default=0.02,
+        gt=0.0,
+        le=1.0,
+        description="Most of one CPU core's time the drift probes may take: after a probe of "
+        "t seconds no batch is measured for t / budget seconds (sampled batches are dropped, "
+        "never queued). Bounds the monitor's cost whatever the batch sizes and traffic.",
+    )
+    drift_window_rows: int = Field(
+        default=DEFAULT_WINDOW_ROWS,
+        ge=2,
+        le=65536,
+        description="Rows in the monitor's sliding window for models whose card has no "
+        "calibrated drift section (a calibrated card's window_rows wins: its threshold was "
+        "calibrated on windows of that size).",
+    )
+    drift_threshold: float = Field(
+        default=DEFAULT_THRESHOLD,
+        gt=0.0,
+        description="Alarm threshold of the model's drift score (mean over layers of the "
+        "mean over channels of KL(live || reference), nats) for models whose card has no "
+        "calibrated one. The default is the score of a 0.32-standard-deviation mean shift "
+        "in every channel.",
+    )
+    drift_history_points: int = Field(
+        default=360,
+        ge=1,
+        le=100_000,
+        description="Points of (time, model score, layer scores) each monitor keeps for "
+        "plots; the oldest go first.",
+    )
+    drift_history_interval_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="Seconds between two history points (0: one per probe). With the "
+        "defaults the history covers the last hour.",
+    )
+    capture_rows: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Keep the most recent N sampled input rows of every served version in "
+        "memory (never on disk), for CapturedInputs (admin token) and recalibration; 0 = "
+        "off. Costs N rows of every input per version; cleared when the version unloads.",
+    )

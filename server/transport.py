@@ -1,4 +1,5 @@
-"""The inference service on the wire: bytes in, bytes out, one status mapping.
+"""A service on the wire (the inference service, and bnserve.v1.BatchNormMonitor): bytes
+in, bytes out, one status mapping.
 
 The service is registered with grpc without (de)serializers, so that ``Codec`` parses and
 encodes (off the event loop when large) and so that a message that does not parse is a
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 import grpc
 from google.protobuf import symbol_database
+from google.protobuf.descriptor import ServiceDescriptor
 
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.server.codec import Codec, MalformedRequestError
@@ -65,10 +67,13 @@ def _status(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 class InferenceTransport:
-    """Builds grpc's handlers for the inference service around a servicer's methods."""
+    """Builds grpc's handlers for ``service`` (by default the inference service) around a
+    servicer's methods; a method the servicer lacks is answered UNIMPLEMENTED by grpc."""
 
     def __init__(self, servicer: object, codec: Codec, *,
-                 on_rejected: Callable[[str, str], None]) -> None:
+                 on_rejected: Callable[[str, str], None],
+                 service: ServiceDescriptor = SERVICE) -> None:
+        self._service = service
         self._servicer = servicer
         self._codec = codec
         self._on_rejected = on_rejected
@@ -76,7 +81,7 @@ class InferenceTransport:
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
-        for method in SERVICE.methods:
+        for method in self._service.methods:
             implementation = getattr(self._servicer, method.name, None)
             if implementation is None:
                 continue  # grpc answers UNIMPLEMENTED
@@ -87,7 +92,7 @@ class InferenceTransport:
             else:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                     self._unary(method.name, request_class, implementation))
-        return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+        return grpc.method_handlers_generic_handler(self._service.full_name, handlers)
 
     def _malformed(self, method: str, exc: MalformedRequestError) -> None:
         self._on_rejected(method, "malformed")

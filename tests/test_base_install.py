@@ -67,10 +67,16 @@ def test_the_client_subcommands_work_with_the_base_install():
     index = base_only("repository", "index", "--address", "127.0.0.1:1", "--timeout", "1")
     assert index.returncode == 1 and "Traceback" not in index.stderr
     assert "UNAVAILABLE" in index.stderr
+    drift = base_only("drift", "--address", "127.0.0.1:1", "--model", "m", "--timeout", "1")
+    assert drift.returncode == 1 and "Traceback" not in drift.stderr
+    assert "UNAVAILABLE" in drift.stderr
+    plot = base_only("drift", "--address", "127.0.0.1:1", "--model", "m", "--plot", "x.png")
+    assert plot.returncode == 1 and "pip install matplotlib" in plot.stderr
 
 
 def test_the_thin_client_imports_no_other_bnserve_package():
-    code = ("import sys, bnserve.client, bnserve.client.predict_cli, bnserve.client.admin_cli; "
+    code = ("import sys, bnserve.client, bnserve.client.predict_cli, bnserve.client.admin_cli, "
+            "bnserve.client.drift_cli; "
             "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('bnserve.')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['client', 'proto']"

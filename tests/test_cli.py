@@ -34,7 +34,8 @@ def served(digits_repository):
 
 def test_help_lists_every_subcommand():
     out = bnserve("--help").stdout
-    for command in ("train", "export", "compare", "recalibrate", "serve", "predict", "health"):
+    for command in ("train", "export", "compare", "recalibrate", "serve", "predict", "health",
+                    "drift"):
         assert command in out
     assert "--repository" in bnserve("serve", "--help").stdout
     assert "--input" in bnserve("predict", "--help").stdout
