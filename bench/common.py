@@ -55,3 +55,24 @@ def latest_version(repository: Path, model: str) -> int:
     from bnserve.repository.layout import version_folders
 
     return max(version_folders(repository / model).versions)
+
+
+async def rows_per_second(address: str, model: str, x, requests: int, concurrency: int) -> float:
+    """``requests`` calls of ``x`` from ``concurrency`` asyncio clients; rows answered per second."""
+    import asyncio
+    import time
+
+    from bnserve.client import AsyncClient
+
+    async with AsyncClient(address) as client:
+        name = (await client.metadata(model)).inputs[0].name
+        left = [requests]
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                await client.infer(model, {name: x})
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests * len(x) / (time.perf_counter() - started)

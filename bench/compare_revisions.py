@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import model_repository, start_server
+from common import model_repository, rows_per_second, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,24 +42,6 @@ def start_base(repository: Path, env: dict[str, str]) -> tuple[subprocess.Popen,
     site = Path(env["PYTHONPATH"])
     module = "bnserve.cli" if (site / "bnserve" / "cli").is_dir() else "bnserve.client.cli"
     return start_server(repository, env=env, module=module)
-
-
-async def rows_per_second(address: str, model: str, x: np.ndarray, requests: int,
-                          concurrency: int) -> float:
-    from bnserve.client import AsyncClient
-
-    async with AsyncClient(address) as client:
-        name = (await client.metadata(model)).inputs[0].name
-        left = [requests]
-
-        async def worker() -> None:
-            while left[0] > 0:
-                left[0] -= 1
-                await client.infer(model, {name: x})
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - started)
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from bnserve.client.errors import (
     UnauthenticatedError,
 )
 from bnserve.client.messages import ModelMetadata, RepositoryModel, TensorInfo
-from bnserve.client.monitor import DriftPoint, DriftReport, LayerDrift
+from bnserve.client.monitor import DriftPoint, DriftReport, LayerDrift, Recalibration
 from bnserve.client.sync import Client
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "LayerDrift",
     "ModelMetadata",
     "ModelNotFoundError",
+    "Recalibration",
     "RepositoryModel",
     "ServerBusyError",
     "ServerError",

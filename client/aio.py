@@ -42,10 +42,13 @@ from bnserve.client.messages import (
 )
 from bnserve.client.monitor import (
     DriftReport,
+    Recalibration,
     captured_from_response,
     captured_request,
     drift_report_from_response,
     drift_request,
+    recalibrate_request,
+    recalibration_from_response,
 )
 from bnserve.proto import open_inference_pb2 as pb
 
@@ -243,6 +246,21 @@ class AsyncClient(ClientBase):
         request = drift_request(model, version, include_channels)
         return drift_report_from_response(
             await self._call("DriftReport", request, timeout, monitor=True))
+
+    async def recalibrate(self, model: str, version: str | int | None = None, *,
+                    max_rows: int = 0, prior_strength: float | None = None,
+                    input_statistics: bool | None = None,
+                    timeout: float | None = None) -> Recalibration:
+        """Have the server recalibrate ``model`` (its highest ready version, or ``version``)
+        from the inputs it captured (a server started with --capture-rows), publish the
+        next version and serve it. ``max_rows``: the most recent rows to use (0: all);
+        ``prior_strength``, ``input_statistics``: as ``bnserve recalibrate`` (None: the
+        server's defaults). Needs the admin token (``admin_token=``); give it a timeout of a
+        minute or more (the new version is checked and warmed up before the answer)."""
+        request = recalibrate_request(model, version, max_rows, prior_strength,
+                                      input_statistics)
+        return recalibration_from_response(
+            await self._call("Recalibrate", request, timeout, self._admin, monitor=True))
 
     async def captured_inputs(self, model: str, version: str | int | None = None, *,
                         max_rows: int = 0,

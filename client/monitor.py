@@ -9,7 +9,7 @@ import numpy as np
 from bnserve.proto import monitor_pb2 as mpb
 from bnserve.proto.tensors import decode_raw
 
-__all__ = ["DriftPoint", "DriftReport", "LayerDrift"]
+__all__ = ["DriftPoint", "DriftReport", "LayerDrift", "Recalibration"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,44 @@ def captured_request(model: str, version: str | int | None, max_rows: int
         raise ValueError("max_rows must be >= 0 (0: as many as the server holds)")
     return mpb.CapturedInputsRequest(model_name=model, model_version=_version(version),
                                      max_rows=max_rows)
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """What a server's Recalibrate did: the version it published, from which base, on how
+    many captured rows, and the drift of those rows against the old and the new statistics."""
+
+    model: str
+    base_version: str
+    new_version: str
+    samples: int
+    drift_before: float
+    drift_after: float
+    threshold: float  # the new version's alarm threshold
+    serving: bool  # the new version is ready
+    message: str
+
+
+def recalibrate_request(model: str, version: str | int | None, max_rows: int,
+                        prior_strength: float | None, input_statistics: bool | None
+                        ) -> mpb.RecalibrateRequest:
+    if max_rows < 0:
+        raise ValueError("max_rows must be >= 0 (0: every captured row)")
+    request = mpb.RecalibrateRequest(model_name=model, model_version=_version(version),
+                                     max_rows=max_rows)
+    if prior_strength is not None:
+        request.prior_strength = prior_strength
+    if input_statistics is not None:
+        request.input_statistics = input_statistics
+    return request
+
+
+def recalibration_from_response(response: mpb.RecalibrateResponse) -> Recalibration:
+    return Recalibration(model=response.model_name, base_version=response.base_version,
+                         new_version=response.new_version, samples=response.samples,
+                         drift_before=response.drift_before, drift_after=response.drift_after,
+                         threshold=response.threshold, serving=response.serving,
+                         message=response.message)
 
 
 def _version(version: str | int | None) -> str:

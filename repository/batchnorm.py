@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bnserve.repository.graph import InitializerCopies
+
 MAX_LAYERS = 1024  # more BatchNorm layers than any real network has; bounds what is measured
 OUTPUT_PREFIX = "bnserve_bn"
 
@@ -124,28 +126,11 @@ def unshare_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
     initializers of its own: the exporter deduplicates equal initializers, and a layer's
     new statistics must never change another's."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    initializers = {t.name: t for t in model.graph.initializer}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    taken = set(initializers) | {v.name for v in model.graph.value_info}
-    taken |= {o for n in model.graph.node for o in n.output}
+    copies = InitializerCopies(model)
     for index, node in enumerate(n for n in model.graph.node if n.op_type == "BatchNormalization"):
         for slot, role in ((3, "running_mean"), (4, "running_var")):
-            name = node.input[slot]
-            if users.get(name, 0) <= 1 or name not in initializers:
-                continue
-            fresh = f"{name}__bn{index}_{role}"
-            while fresh in taken:
-                fresh += "_"
-            copy = TensorProto()
-            copy.CopyFrom(initializers[name])
-            copy.name = fresh
-            model.graph.initializer.append(copy)
-            taken.add(fresh)
-            users[name] -= 1
-            node.input[slot] = fresh
+            if copies.shared(node.input[slot]):
+                node.input[slot] = copies.copy(node.input[slot], f"__bn{index}_{role}")
     return model
 
 

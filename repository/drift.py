@@ -101,13 +101,14 @@ class Calibration:
 
 def window_scores(layers: Sequence[BatchNormLayer], per_row: Sequence[RowMoments],
                   window_rows: int, windows: int, *, reference_rows: int | None = None,
-                  seed: int = 0) -> np.ndarray:
+                  prior: Prior | None = None, seed: int = 0) -> np.ndarray:
     """Model scores of ``windows`` windows of ``window_rows`` rows drawn with replacement
     from the rows of ``per_row`` (one RowMoments per layer, all over the same rows).
 
     ``reference_rows``: the layers' statistics were themselves estimated from that many rows
     of this distribution (a recalibrated version): each draw also re-draws a reference of
-    that many rows, so the scores include the reference's own estimation noise."""
+    that many rows, so the scores include the reference's own estimation noise; ``prior``:
+    that estimate was blended with older statistics (``Prior``), and so is each re-draw."""
     rng = np.random.default_rng(seed)
     rows = per_row[0].rows
     scores = np.empty(windows)
@@ -115,8 +116,9 @@ def window_scores(layers: Sequence[BatchNormLayer], per_row: Sequence[RowMoments
         pick = rng.integers(0, rows, size=window_rows)
         if reference_rows is not None:
             base = rng.integers(0, rows, size=reference_rows)
-            references = [_estimated(layer, m, base) for layer, m in zip(layers, per_row,
-                                                                         strict=True)]
+            priors = prior.layers if prior is not None else [None] * len(layers)
+            references = [_estimated(layer, m, base, old, prior)
+                          for layer, m, old in zip(layers, per_row, priors, strict=True)]
         else:
             references = list(layers)
         drifts = [layer_drift(layer, [RowMoments(m.sum[pick], m.sumsq[pick], m.positions)])
@@ -125,9 +127,23 @@ def window_scores(layers: Sequence[BatchNormLayer], per_row: Sequence[RowMoments
     return scores
 
 
-def _estimated(layer: BatchNormLayer, moments: RowMoments, rows: np.ndarray) -> BatchNormLayer:
+@dataclass(frozen=True)
+class Prior:
+    """Statistics a re-estimate from n rows was blended with, weighing ``strength`` rows:
+    (strength * old + n * estimate) / (strength + n), for the mean and the variance."""
+
+    layers: Sequence[BatchNormLayer]
+    strength: float
+
+
+def _estimated(layer: BatchNormLayer, moments: RowMoments, rows: np.ndarray,
+               old: BatchNormLayer | None, prior: Prior | None) -> BatchNormLayer:
     mean, var, _ = moments_mean_var([RowMoments(moments.sum[rows], moments.sumsq[rows],
                                                 moments.positions)])
+    if old is not None and prior is not None and prior.strength > 0:
+        n, weight = len(rows), prior.strength
+        mean = (weight * old.mean + n * mean) / (weight + n)
+        var = (weight * old.var + n * var) / (weight + n)
     return replace(layer, mean=mean, var=var)
 
 
@@ -135,17 +151,18 @@ def calibrate_threshold(layers: Sequence[BatchNormLayer], per_row: Sequence[RowM
                         window_rows: int = DEFAULT_WINDOW_ROWS,
                         false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
                         windows: int = 1000, reference_rows: int | None = None,
-                        seed: int = 0) -> Calibration:
+                        prior: Prior | None = None, seed: int = 0) -> Calibration:
     """The threshold clean windows of ``window_rows`` rows exceed with probability
     ``false_alarm_rate``, estimated from clean held-out rows (``per_row``).
 
     ``reference_rows``: for a version whose statistics were re-estimated from that many rows
     (``per_row`` are those rows, measured with the new statistics): a reference from few
-    rows is noisy itself, and clean traffic scores higher against it (see ``window_scores``)."""
+    rows is noisy itself, and clean traffic scores higher against it (see ``window_scores``);
+    ``prior``: the estimate was blended with the base statistics, which biases it too."""
     if not 0 < false_alarm_rate < 1:
         raise ValueError("false_alarm_rate must lie in (0, 1)")
     scores = window_scores(layers, per_row, window_rows, windows,
-                           reference_rows=reference_rows, seed=seed)
+                           reference_rows=reference_rows, prior=prior, seed=seed)
     return Calibration(threshold=float(np.quantile(scores, 1 - false_alarm_rate)),
                        window_rows=window_rows, false_alarm_rate=false_alarm_rate,
                        held_out_rows=per_row[0].rows, windows=windows,

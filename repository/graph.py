@@ -118,3 +118,35 @@ def tensor_signature(value: onnx.ValueInfoProto) -> TensorSignature:
         raise ValueError(f"tensor {value.name!r} has an element type bnserve cannot serve")
     shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
     return TensorSignature(value.name, datatype.name, shape)
+
+
+class InitializerCopies:
+    """Give one consumer of a shared initializer a copy of its own (exporters deduplicate
+    equal initializers; a rewrite of one layer's must never change another's)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._model = model
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.users: dict[str, int] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.users[name] = self.users.get(name, 0) + 1
+        self._taken = set(self.initializers) | {v.name for v in model.graph.value_info}
+        self._taken |= {o for n in model.graph.node for o in n.output}
+        self._taken |= {i.name for i in model.graph.input}
+
+    def shared(self, name: str) -> bool:
+        return name in self.initializers and self.users.get(name, 0) > 1
+
+    def copy(self, name: str, suffix: str) -> str:
+        """A new initializer equal to ``name``, for one of its users; its name."""
+        fresh = f"{name}{suffix}"
+        while fresh in self._taken:
+            fresh += "_"
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(self.initializers[name])
+        tensor.name = fresh
+        self._model.graph.initializer.append(tensor)
+        self._taken.add(fresh)
+        self.users[name] -= 1
+        return fresh

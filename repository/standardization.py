@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import numpy_helper
+
+from bnserve.repository.graph import InitializerCopies
 
 MIN_STD = 1e-6  # below this a channel is constant and left unscaled (as training does)
 
@@ -69,26 +71,12 @@ def unshare_standardization(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose standardization constants are used by their Sub/Div alone: the exporter
     deduplicates equal initializers, and a new input mean must change nothing else."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    initializers = {t.name: t for t in model.graph.initializer}
-    taken = set(initializers) | {o for n in model.graph.node for o in n.output}
-    taken |= {i.name for i in model.graph.input}
+    copies = InitializerCopies(model)
     for found in input_standardization(model):
         for op, name in (("Sub", found.mean_name), ("Div", found.std_name)):
-            if users.get(name, 0) <= 1:
+            if not copies.shared(name):
                 continue
-            fresh = f"{name}__standardize_{found.input}"
-            while fresh in taken:
-                fresh += "_"
-            copy = TensorProto()
-            copy.CopyFrom(initializers[name])
-            copy.name = fresh
-            model.graph.initializer.append(copy)
-            taken.add(fresh)
-            users[name] -= 1
+            fresh = copies.copy(name, f"__standardize_{found.input}")
             node = next(n for n in model.graph.node if n.op_type == op and n.input[1] == name
                         and (op == "Div" or n.input[0] == found.input))
             node.input[1] = fresh

@@ -29,6 +29,8 @@ from bnserve.server.controller import Loader, RepositoryController
 from bnserve.server.loader import load_version
 from bnserve.server.model import ServedModel
 from bnserve.server.monitor_servicer import BatchNormMonitorServicer, Recalibrate
+from bnserve.server.recalibration import DEFAULT_INPUT_STATISTICS, DEFAULT_PRIOR_STRENGTH
+from bnserve.server.recalibration_loop import AutoRecalibration, InServerRecalibration
 from bnserve.server.registry import ModelRegistry
 from bnserve.server.repository import ModelRepository
 from bnserve.server.runtime import available_providers, select_providers
@@ -84,9 +86,18 @@ class InferenceServer:
                                      server_name=settings.server_name,
                                      server_version=_package_version(),
                                      on_request=metrics.count_request)
+        self.recalibration = InServerRecalibration(settings.repository, self.registry,
+                                                   self.controller)
+        self.auto_recalibration = None
+        if settings.auto_recalibrate_after_s is not None:
+            self.auto_recalibration = AutoRecalibration(
+                self.recalibration, self.registry.served,
+                after_s=settings.auto_recalibrate_after_s,
+                cooldown_s=settings.auto_recalibrate_cooldown_s,
+                prior_strength=DEFAULT_PRIOR_STRENGTH, input_statistics=DEFAULT_INPUT_STATISTICS)
         monitor = BatchNormMonitorServicer(self.registry, admin,
                                            max_send_bytes=settings.max_message_bytes,
-                                           recalibrate=recalibrate)
+                                           recalibrate=recalibrate or self.recalibration)
         self.grpc_server.add_generic_rpc_handlers((
             InferenceTransport(servicer, self.codec,
                                on_rejected=metrics.count_rejected).generic_handler(),
@@ -139,6 +150,8 @@ class InferenceServer:
 
             start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
         await self._publish_health()
+        if self.auto_recalibration is not None:
+            self.auto_recalibration.start()
         log.info(
             "serving %d model(s) %s on port %d (model control mode %s)",
             len(self.models), sorted(self.models), self.port, self.settings.model_control_mode,
@@ -179,6 +192,8 @@ class InferenceServer:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         window = self.settings.drain_window_s if drain_window is None else drain_window
         self.registry.draining = True
+        if self.auto_recalibration is not None:
+            await self.auto_recalibration.stop()
         await self._publish_health()
         if window > 0 and not self._window_over.is_set():
             log.info("draining: NOT_SERVING, still answering for %.1fs", window)

@@ -84,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--capture-rows", type=int,
                         help="keep the N most recent sampled input rows per version in memory "
                         "for CapturedInputs (admin token); 0 = off (default)")
+    parser.add_argument("--auto-recalibrate-after-s", type=float,
+                        help="recalibrate a version by itself from its captured rows once its "
+                        "drift alarm has held this long (needs --capture-rows; default: off)")
     parser.add_argument(
         "--port-file", help="write the bound port to this file once serving (for scripts and tests)"
     )
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
              "drain_window_s", "auth_token_file", "metrics_host", "tls_client_ca",
              "drift_sample_rate", "drift_rows_per_sample", "drift_probe_budget",
              "drift_window_rows", "drift_threshold", "drift_history_points",
-             "drift_history_interval_s", "capture_rows")
+             "drift_history_interval_s", "capture_rows", "auto_recalibrate_after_s")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
         settings = ServerSettings(**overrides)

@@ -28,6 +28,11 @@ from bnserve.server.monitor_wire import (
     drift_report_response,
     rows_that_fit,
 )
+from bnserve.server.recalibration import (
+    DEFAULT_INPUT_STATISTICS,
+    DEFAULT_PRIOR_STRENGTH,
+    MAX_PRIOR_STRENGTH,
+)
 from bnserve.server.registry import ModelRegistry
 from bnserve.server.repository import check_model_name
 
@@ -109,11 +114,16 @@ class BatchNormMonitorServicer:
         if self._recalibrate is None:
             raise UnimplementedError("Recalibrate is not implemented by this server yet")
         model = self._model(request.model_name, request.model_version)
-        if not (math.isfinite(request.prior_strength) and request.prior_strength >= 0):
-            raise InvalidInputError("prior_strength: expected a finite number >= 0 (rows of "
-                                    "weight for the old statistics)")
+        prior = (request.prior_strength if request.HasField("prior_strength")
+                 else DEFAULT_PRIOR_STRENGTH)
+        if not (math.isfinite(prior) and 0 <= prior <= MAX_PRIOR_STRENGTH):
+            raise InvalidInputError(f"prior_strength: expected a number from 0 to "
+                                    f"{MAX_PRIOR_STRENGTH:g} (rows of weight for the base "
+                                    "version's statistics)")
+        refit_inputs = (request.input_statistics if request.HasField("input_statistics")
+                        else DEFAULT_INPUT_STATISTICS)
         result = await self._recalibrate(model, RecalibrationRequest(
-            request.max_rows, request.prior_strength, request.input_statistics))
+            request.max_rows, prior, refit_inputs))
         return mpb.RecalibrateResponse(
             model_name=model.name, base_version=str(result.base_version),
             new_version=str(result.new_version), samples=result.samples,

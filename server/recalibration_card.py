@@ -32,6 +32,7 @@ from bnserve.repository.drift import (
     DEFAULT_FALSE_ALARM_RATE,
     DEFAULT_WINDOW_ROWS,
     MEASURE,
+    Prior,
     calibrate_threshold,
 )
 from bnserve.repository.graph import tensor_signature
@@ -124,7 +125,8 @@ def _drift(base: dict[str, Any] | None, estimate: Estimate) -> dict[str, Any] | 
         return base
     calibration = calibrate_threshold(estimate.new.layers, estimate.after, window_rows=window,
                                       false_alarm_rate=rate or DEFAULT_FALSE_ALARM_RATE,
-                                      reference_rows=estimate.rows)
+                                      reference_rows=estimate.rows,
+                                      prior=Prior(estimate.base.layers, estimate.prior_strength))
     section = calibration.to_dict()
     section["calibration"].update(reference_rows=estimate.rows,
                                   on="the recalibration inputs, against the new statistics")

@@ -237,6 +237,20 @@ class ServerSettings(BaseSettings):
         description="Seconds between two history points (0: one per probe). With the "
         "defaults the history covers the last hour.",
     )
+    auto_recalibrate_after_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Recalibrate a served version by itself once its drift alarm has held "
+        "this many seconds, from its captured rows (needs capture_rows), into a new version "
+        "served through the usual lifecycle; unset (the default): only the Recalibrate RPC "
+        "(bnserve recalibrate --address) does.",
+    )
+    auto_recalibrate_cooldown_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        description="After an automatic recalibration of a model (done or failed), how long "
+        "before the next may start, so that one that does not bring drift down never loops.",
+    )
     capture_rows: int = Field(
         default=0,
         ge=0,

@@ -146,7 +146,7 @@ def add_recalibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.A
         "changed, and a recalibrated version is recalibrated from the version it came from.",
     )
     recalibrate.add_argument("--model", required=True, help="model name in the repository")
-    recalibrate.add_argument("--data", type=Path, required=True, metavar="PATH.{npy,npz}",
+    recalibrate.add_argument("--data", type=Path, default=None, metavar="PATH.{npy,npz}",
                              help="raw inputs as clients send them: .npy for a single-input "
                              "model, or .npz with one array per input name (or `x` for a "
                              "single-input model)")
@@ -173,8 +173,39 @@ def add_recalibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.A
                              help="onnxruntime engine: weigh the base statistics as N0 rows "
                              "already seen, new = (N0 * base + n * estimate) / (N0 + n) "
                              "(default: 8, measured by `bnserve recalibration-report`)")
+    remote = recalibrate.add_argument_group(
+        "inside a running server (instead of --data and --repository)")
+    remote.add_argument("--address", default=None, action=_AddressAction,
+                        help="server address: the server recalibrates the model from the inputs "
+                        "it captured (--capture-rows), publishes the next version into its "
+                        "repository and serves it; needs only the client install")
+    remote.add_argument("--max-rows", type=_non_negative_int, default=0,
+                        help="the most recent captured rows to use (default 0: all)")
+    remote.add_argument("--admin-token-file", help="file holding the server's admin token")
+    remote.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds for the call (default 300: it includes the new "
+                        "version's checks and warm-up)")
+    from bnserve.client.security_cli import add_security_flags
+
+    add_security_flags(remote, auth_token=False)
     recalibrate.set_defaults(handler=run_recalibrate, extra=RECALIBRATE_ENGINES["onnxruntime"])
     return recalibrate
+
+
+class _AddressAction(argparse.Action):
+    """--address: the server does the work, so this process needs no extra at all."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.extra = None
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
 
 
 def add_training_options(parser: argparse.ArgumentParser, *,
@@ -318,6 +349,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_recalibrate(args: argparse.Namespace) -> int:
+    if args.address is not None:
+        if args.data is not None:
+            print("bnserve recalibrate: error: --address recalibrates from the server's "
+                  "captured inputs; drop --data (or drop --address to recalibrate a file)",
+                  file=sys.stderr)
+            return 2
+        from bnserve.client.recalibrate_cli import run_remote
+
+        return run_remote(args)
+    if args.data is None:
+        print("bnserve recalibrate: error: --data PATH (or --address of a server that "
+              "captures its inputs) is required", file=sys.stderr)
+        return 2
     if args.engine == "onnxruntime":
         from bnserve.server.recalibrate_cli import run_onnxruntime
 
