@@ -6,7 +6,10 @@ Two servers from this tree on 127.0.0.1, one with the defaults (the monitor samp
 ``drift_sample_rate`` of the batches), one with the monitor off
 (``BNSERVE_DRIFT_SAMPLE_RATE=0``). The same load alternates between them, round after
 round, so the shared machine's drift hits both alike: --concurrency clients sending
-requests of --rows rows. Reported: median rows/s over the rounds and the ratio on / off.
+requests of --rows rows. Reported: median rows/s over the rounds, and the median and
+quartiles of each round's ratio on / off. On this shared 2-core machine an A/A run (both
+servers with the monitor on) moves that ratio by 5-10%: the probes' own CPU time
+(``bench/drift_overhead.py``) is the figure the noise does not blur.
 """
 
 from __future__ import annotations
@@ -63,8 +66,14 @@ def main() -> int:
                 drift = client.drift_report(args.model)
             on, off = (statistics.median(results[rows][k]) for k in ("monitor on",
                                                                      "monitor off"))
-            print(f"{rows:>3} rows/request: monitor on {on:,.0f} rows/s, off {off:,.0f} rows/s, "
-                  f"on/off {on / off:.3f} ({drift.sampled_batches} batches sampled so far)",
+            # Each round's two runs are next to each other in time: their ratio cancels
+            # most of the machine's slow drift, which the medians alone do not.
+            paired = sorted(a / b for a, b in zip(results[rows]["monitor on"],
+                                                  results[rows]["monitor off"], strict=True))
+            low, high = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
+            print(f"{rows:>3} rows/request: monitor on {on:,.0f} rows/s, off {off:,.0f} rows/s; "
+                  f"on/off per round: median {statistics.median(paired):.3f} (quartiles "
+                  f"{low:.3f}-{high:.3f}); {drift.sampled_batches} batches measured so far",
                   flush=True)
     finally:
         for process, _ in servers.values():

@@ -41,7 +41,7 @@ class DriftReport:
     measure: str
     score: float
     threshold: float
-    threshold_source: str  # "calibrated at export" or "default"
+    threshold_source: str  # "calibrated at export", "calibrated at recalibration" or "default"
     alarm: bool
     alarm_since: float  # Unix time the alarm was raised; 0.0 when there is none
     window_rows: int

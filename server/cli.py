@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--drift-rows-per-sample", type=int,
                         help="most rows measured per sampled batch (default: 32)")
     parser.add_argument("--drift-probe-budget", type=float,
-                        help="most of one core's time the drift probes may take (default: 0.02)")
+                        help="most of one core's time the drift probes may take (default: 0.01)")
     parser.add_argument("--drift-window-rows", type=int,
                         help="sliding window of the monitor when the card has none (default: 128)")
     parser.add_argument("--drift-threshold", type=float,

@@ -43,6 +43,8 @@ from bnserve.repository.drift import MEASURE, LayerDrift, layer_drift, model_sco
 log = logging.getLogger(__name__)
 
 CALIBRATED = "calibrated at export"
+# A recalibrated version: on its recalibration rows, with its reference's own noise.
+RECALIBRATED = "calibrated at recalibration"
 DEFAULT = "default"
 CLEAR_FRACTION = 0.8
 MAX_WINDOW_BYTES = 256 * 1024 * 1024  # per-row sums of one window: rows x channels x 24 B
@@ -62,7 +64,7 @@ class MonitorPolicy:
     threshold: float
     threshold_source: str  # CALIBRATED or DEFAULT
     sample_rate: float  # share of batches sampled (the sampler draws; the report says it)
-    probe_budget: float = 0.02  # most of one core's time the probes may take, in (0, 1]
+    probe_budget: float = 0.01  # most of one core's time the probes may take, in (0, 1]
     history_points: int = 360
     history_interval_s: float = 10.0  # one history point per interval at most (0: every probe)
 
@@ -175,6 +177,16 @@ class DriftMonitor:
         self.probe_cpu_s = 0.0  # CPU seconds the probes took (what the monitor costs)
 
     # -- the serving side (executor threads) -------------------------------------------------
+
+    def would_accept(self, *, count_drop: bool = False) -> bool:
+        """Whether ``offer`` would measure a sample now (a cheap, lock-free look: ``offer``
+        decides for real). ``count_drop``: count the sample as dropped when it would not."""
+        if self._closed or self._clock() < self._next_probe_at or self._busy.locked():
+            if count_drop:
+                with self._lock:
+                    self.dropped_samples += 1
+            return False
+        return True
 
     def offer(self, feeds: Mapping[str, np.ndarray]) -> bool:
         """Measure these rows in the background, or drop them (False) when a probe is

@@ -32,7 +32,7 @@ from bnserve.repository.card import CardError, ModelCard, read_card
 from bnserve.repository.graph import training_mode_batchnorms
 from bnserve.repository.layout import MODEL_FILE, model_name_problem
 from bnserve.server.capture import InputCapture
-from bnserve.server.drift import CALIBRATED, DEFAULT, DriftMonitor, MonitorPolicy
+from bnserve.server.drift import CALIBRATED, DEFAULT, RECALIBRATED, DriftMonitor, MonitorPolicy
 from bnserve.server.drift_reference import build_reference
 from bnserve.server.errors import ConfigError, ModelLoadError, quoted
 from bnserve.server.file_checks import read_checked_graph
@@ -113,7 +113,8 @@ def build_monitoring(label: str, directory: Path, card: ModelCard | None,
         policy = MonitorPolicy(
             window_rows=calibrated.window_rows if calibrated else server.drift_window_rows,
             threshold=calibrated.threshold if calibrated else server.drift_threshold,
-            threshold_source=CALIBRATED if calibrated else DEFAULT,
+            threshold_source=(DEFAULT if not calibrated
+                              else RECALIBRATED if card.base_version is not None else CALIBRATED),
             sample_rate=server.drift_sample_rate, probe_budget=server.drift_probe_budget,
             history_points=server.drift_history_points,
             history_interval_s=server.drift_history_interval_s)

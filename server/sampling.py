@@ -45,10 +45,15 @@ class BatchSampler:
         if self._random.random() >= self.sample_rate:
             return
         self.sampled_batches += 1
+        # A probe still running (or the CPU budget spent) drops the sample: find out before
+        # copying rows nobody would read.
+        measure = self.monitor is not None and self.monitor.would_accept(count_drop=True)
+        if self.capture is None and not measure:
+            return
         rows = self._rows(feeds)
         if self.capture is not None:
             self.capture.add(rows)
-        if self.monitor is not None:
+        if measure:
             self.monitor.offer(rows)
 
     def _rows(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -161,6 +161,9 @@ class Counting:
     def __init__(self) -> None:
         self.batches: list[int] = []
 
+    def would_accept(self, *, count_drop: bool = False) -> bool:
+        return True
+
     def offer(self, feeds) -> bool:
         self.batches.append(next(iter(feeds.values())).shape[0])
         return True
@@ -205,3 +208,19 @@ def test_the_capture_keeps_the_most_recent_rows_oldest_first():
     assert capture.rows == 2
     capture.clear()
     assert capture.rows == 0 and capture.snapshot() == {}
+
+
+def test_a_sample_the_monitor_would_drop_is_not_copied():
+    """While a probe runs, a sampled batch costs a look, not a copy of its rows."""
+
+    class Busy(Counting):
+        dropped = 0
+
+        def would_accept(self, *, count_drop: bool = False) -> bool:
+            self.dropped += count_drop
+            return False
+
+    busy = Busy()
+    sampler = BatchSampler(1.0, 4, monitor=busy, seed=0)  # type: ignore[arg-type]
+    sampler.offer({"x": np.zeros((8, 3), np.float32)})
+    assert busy.batches == [] and busy.dropped == 1 and sampler.sampled_batches == 1

@@ -123,6 +123,7 @@ def test_drift_seen_recalibrated_in_the_server_and_gone(server, digits_data, cap
         after = client.drift_report("digits")
         assert after.version == "2"
         assert not after.alarm and after.score < after.threshold
+        assert after.threshold_source == "calibrated at recalibration"
         assert accuracy_after > accuracy_before + 0.3
         # Rollback is a version number away: version 1 still answers as before.
         base = client.drift_report("digits", version=1)
@@ -163,3 +164,11 @@ def test_the_automatic_trigger_recalibrates_once_the_alarm_holds(digits_reposito
         # The policy serves the highest version only: version 1 drained; its files stay.
         wait_for(lambda: running.server.registry.ready_versions("digits") == [2], timeout=30)
         assert (root / "digits" / "1" / "model.onnx").is_file()
+
+
+def test_the_command_takes_a_file_or_a_server_not_both(capsys, tmp_path):
+    assert bnserve(["recalibrate", "--model", "digits", "--address", "127.0.0.1:1",
+                    "--data", str(tmp_path / "x.npy")]) == 2
+    assert "drop --data" in capsys.readouterr().err
+    assert bnserve(["recalibrate", "--model", "digits"]) == 2
+    assert "--data PATH (or --address" in capsys.readouterr().err
