@@ -1,19 +1,46 @@
 """Dynamic batching: concurrent requests for one model become one runtime call.
 
-    enqueue() --> queue --> collect (up to max_batch_size rows, at most max_queue_delay,
-                            sooner at a preferred batch size) --> group by row signature
+    enqueue() --> queue --> collect (up to max_batch_size rows) --> group by row signature
               --> run_batch in the executor (up to `instances` runs at once)
               --> split the outputs row-wise back to each caller
 
-Requests wait for each other only as long as the delay allows (counted from the oldest
-one's arrival, Triton's meaning); a batch that reaches a preferred size with nothing more
-queued goes at once. While every instance is busy, new requests pile up in the queue and
-form the next batch. A batch that fails is retried one request at a time, so one bad
-request cannot fail its neighbours. A request still queued at its queue timeout
-(``queue_timeout_s``, or its own ``timeout_s``) is answered QueueTimeoutError then, and one
-whose caller gave up (cancel, deadline) leaves the queue at once: neither holds a place.
-With ``batching=False`` every request runs alone. ``drain()`` stops taking requests and
-returns once every taken one is answered.
+When an instance is free the collector takes the oldest request and everything already
+queued behind it, then decides whether to wait for more company (the adaptive delay):
+
+    take oldest + all queued
+            |
+    full, or at the largest preferred size, or batching off? --yes--> run now
+            | no
+    more queued?  --yes--> take it, ask again
+            | no
+    lone request, or at a preferred size? --yes--> run now (the model is idle: no delay)
+            | no
+    next arrival expected sooner than a run's fixed cost?  (gap < fixed)
+            | yes                                        | no
+    wait for it, at most `fixed`, and never past     run now
+    oldest arrival + max_queue_delay; then ask again
+
+    while every instance is busy: requests pile up, and the run in progress is the wait
+    (continuous batching: the next batch is collected the moment an instance frees)
+
+The rule, and why: a request that joins a batch saves one run's fixed cost (the part of a
+run that does not grow with its rows: the executor hand-off, onnxruntime's per-call work,
+the loop's wake-up); it costs the batch the time until it arrives. So the batch waits only
+when the next request is expected (the EWMA of inter-arrival gaps) sooner than that fixed
+cost (from an EWMA least-squares fit of run time against rows, ``DelayEstimate``), and at
+most that fixed cost, since waiting longer than what merging saves is a loss even if the
+request comes. ``max_queue_delay_s`` bounds every wait, counted from the oldest request's
+arrival (Triton's meaning): it is an upper bound, not a wait. A model whose config sets
+``dynamic_batching`` keeps Triton's fixed delay (``adaptive_delay=False``): a batch waits
+for company until the delay passes, the largest preferred size or max_batch_size is
+reached, or it is at a preferred size with nothing else waiting.
+
+A batch that fails is retried one request at a time, so one bad request cannot fail its
+neighbours. A request still queued at its queue timeout (``queue_timeout_s``, or its own
+``timeout_s``) is answered QueueTimeoutError then, and one whose caller gave up (cancel,
+deadline) leaves the queue at once: neither holds a place. With ``batching=False`` every
+request runs alone. ``drain()`` stops taking requests and returns once every taken one is
+answered.
 """
 
 from __future__ import annotations
@@ -68,6 +95,55 @@ class _Pending:
         )
 
 
+class DelayEstimate:
+    """What the adaptive delay knows: EWMAs of the gap between arrivals and of a run's
+    time against its rows. Pure: every time is passed in (tests drive it with their own)."""
+
+    def __init__(self, *, longest_gap_s: float, weight: float = 0.1) -> None:
+        self._longest_gap = longest_gap_s  # a longer gap only says "too long to wait for"
+        self._weight = weight  # of the newest sample
+        self._last_arrival: float | None = None
+        self.gap_s: float | None = None  # expected time to the next arrival
+        self._runs: tuple[float, float, float, float] | None = None  # E[r], E[t], E[r²], E[rt]
+
+    def arrived(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = min(max(now - self._last_arrival, 0.0), self._longest_gap)
+            self.gap_s = gap if self.gap_s is None else self._mix(self.gap_s, gap)
+        self._last_arrival = now
+
+    def ran(self, rows: int, seconds: float) -> None:
+        sample = (rows, seconds, rows * rows, rows * seconds)
+        self._runs = sample if self._runs is None else tuple(  # type: ignore[assignment]
+            self._mix(old, new) for old, new in zip(self._runs, sample, strict=True))
+
+    @property
+    def fixed_cost_s(self) -> float | None:
+        """The run time that does not grow with rows: the intercept of the fit, within
+        [0, mean run time]. While the runs seen hardly differ in rows the two parts cannot
+        be told apart, and the whole run counts as fixed: the waits that makes are bounded
+        by the delay, and the merged batches they form vary the rows for the fit."""
+        if self._runs is None:
+            return None
+        rows, seconds, rows2, rows_seconds = self._runs
+        spread = rows2 - rows * rows
+        if spread <= 0.01 * rows * rows:
+            return seconds
+        slope = min(max((rows_seconds - rows * seconds) / spread, 0.0), seconds / rows)
+        return seconds - slope * rows
+
+    def patience_s(self) -> float:
+        """How long a batch waits for one more request: the fixed cost a request saves by
+        joining, when it is expected sooner than that; else 0 (and 0 until both are known)."""
+        fixed = self.fixed_cost_s
+        if self.gap_s is None or fixed is None or self.gap_s >= fixed:
+            return 0.0
+        return fixed
+
+    def _mix(self, old: float, new: float) -> float:
+        return old + self._weight * (new - old)
+
+
 class Ticket:
     """A reserved place in a batcher's queue (``DynamicBatcher.reserve``); used once."""
 
@@ -87,6 +163,9 @@ class BatchPolicy:
     queue_timeout_s: float | None = None  # the model's default_timeout_microseconds
     allow_timeout_override: bool = False  # a request's timeout may shorten the default
     instances: int = 1  # runs at once
+    # True: max_queue_delay_s bounds an adaptive wait (module docstring); False: Triton's
+    # fixed wait, for a model whose config sets dynamic_batching.
+    adaptive_delay: bool = True
 
 
 class DynamicBatcher:
@@ -114,6 +193,7 @@ class DynamicBatcher:
         self._waiting = 0  # reserved or queued, not cancelled, not yet in a batch
         self._answered_all = asyncio.Event()
         self.runs = 0  # runtime calls made; tests and metrics read it
+        self.estimate = DelayEstimate(longest_gap_s=policy.max_queue_delay_s)
 
     @property
     def max_batch_size(self) -> int:
@@ -207,6 +287,7 @@ class DynamicBatcher:
         first = next(iter(inputs.values()))
         rows = first.shape[0] if first.ndim else 1
         pending = _Pending(inputs, rows, loop.create_future(), loop.time())
+        self.estimate.arrived(pending.enqueued_at)
         timeout = self._queue_timeout(timeout_s)
         if timeout is not None:
             pending.expiry = loop.call_at(pending.enqueued_at + timeout, self._expire,
@@ -265,34 +346,40 @@ class DynamicBatcher:
                 return pending
         return None
 
-    def _ready_to_go(self, rows: int) -> bool:
-        """A collected batch of ``rows`` goes now rather than waiting for more."""
+    def _patience(self, requests: int, rows: int, remaining: float) -> float:
+        """How long a collected batch of ``requests`` waits for another now that nothing
+        more is queued; 0: it goes now (the module docstring draws the rule)."""
         preferred = self.policy.preferred_batch_sizes
-        if rows >= self.policy.max_batch_size or not self.policy.batching:
-            return True
-        if rows in preferred and (rows == preferred[-1] or self._waiting == 0):
-            return True
-        return False
+        adaptive = self.policy.adaptive_delay
+        if remaining <= 0 or (rows in preferred and (adaptive or self._waiting == 0)):
+            return 0.0
+        if not adaptive:
+            return remaining
+        if requests == 1:  # lone, and an instance is free: the model is idle
+            return 0.0
+        return min(remaining, self.estimate.patience_s())
 
     async def _next_batch(self) -> list[_Pending]:
         loop = asyncio.get_running_loop()
+        policy = self.policy
         first = self._carry or await self._take()
         self._carry = None
         # Collected in self._collecting, so stop() can answer them whenever it cancels.
         batch, rows = self._collecting, first.rows
         batch.append(first)
-        deadline = first.enqueued_at + self.policy.max_queue_delay_s
-        while not self._ready_to_go(rows):
+        deadline = first.enqueued_at + policy.max_queue_delay_s
+        largest = policy.preferred_batch_sizes[-1:]
+        while policy.batching and rows < policy.max_batch_size and rows not in largest:
             pending = self._take_nowait()
             if pending is None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                wait = self._patience(len(batch), rows, deadline - loop.time())
+                if wait <= 0:
                     break
                 try:
-                    pending = await asyncio.wait_for(self._take(), remaining)
+                    pending = await asyncio.wait_for(self._take(), wait)
                 except TimeoutError:
                     break
-            if rows + pending.rows > self.policy.max_batch_size:
+            if rows + pending.rows > policy.max_batch_size:
                 self._carry = pending  # opens the next batch
                 break
             batch.append(pending)
@@ -388,6 +475,7 @@ class DynamicBatcher:
             run_s=finished - merged_at,
             output_s=loop.time() - finished,
         )
+        self.estimate.ran(record.rows, record.run_s)
         log.debug(
             "%s: batch of %d requests, %d rows, queue wait %.2f ms, run %.2f ms",
             self.name, record.requests, record.rows,

@@ -112,6 +112,8 @@ class ServedModel:
                 queue_timeout_s=settings.queue_timeout_s,
                 allow_timeout_override=settings.allow_timeout_override,
                 instances=settings.instance_count,
+                # A config that sets dynamic_batching keeps Triton's fixed delay.
+                adaptive_delay=settings.dynamic_batching is not True,
             ),
             name=f"{name}/{version}",
             observer=observe,
