@@ -213,3 +213,27 @@ def test_a_cpu_session_does_not_bind_and_the_bound_path_gives_the_same_answer(tm
     assert plain.keys() == bound.keys()
     for name in plain:
         np.testing.assert_array_equal(plain[name], bound[name])
+
+
+def test_the_cuda_extra_never_pulls_the_cpu_onnxruntime():
+    import re
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is new in Python 3.11")
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+
+    def names(extra: str) -> set[str]:
+        found = set()
+        for requirement in extras[extra]:
+            name = re.match(r"[A-Za-z0-9_.\-]+(\[[^\]]+\])?", requirement).group(0)
+            if name.startswith("bnserve["):
+                for inner in name[len("bnserve["):-1].split(","):
+                    found |= names(inner.strip())
+            else:
+                found.add(name.lower())
+        return found
+
+    assert "onnxruntime-gpu" in names("cuda") and "onnxruntime" not in names("cuda")
+    assert "onnxruntime" in names("server") and "onnxruntime-gpu" not in names("server")
+    assert names("server") - {"onnxruntime"} == names("cuda") - {"onnxruntime-gpu"}
