@@ -74,16 +74,19 @@ def plan_threads(cores: int, instances: int, *, intra_op_threads: int = 0,
                  allow_spinning: bool | None = None) -> ThreadPlan:
     """Threads per instance; 0 intra-op threads means ``max(1, cores // instances)``.
 
-    Spinning (a pool busy-waiting for work between runs) is off when the model's threads
-    (instances x (intra + inter in parallel mode)) exceed the usable cores: a spinning thread
-    takes a core the event loop and the codec need. ``allow_spinning`` overrides the rule.
+    Spinning (a pool busy-waiting for work between runs) is on only while the model's threads
+    (instances x (intra + inter in parallel mode)) leave at least one usable core free: a
+    spinning thread takes a core the event loop and the codec need. Measured on 2 cores
+    (docs-threads.md), 2 spinning threads cost throughput against 2 that sleep, so "fit
+    exactly" is not enough. ``allow_spinning`` overrides the rule.
     """
     intra = intra_op_threads or max(1, cores // instances)
     inter = max(1, inter_op_threads)
     total = instances * (intra + (inter if parallel else 0))
-    spin = total <= cores if allow_spinning is None else allow_spinning
+    spin = total < cores if allow_spinning is None else allow_spinning
     why = ("set" if allow_spinning is not None
-           else f"{instances} x {intra} threads {'fit' if spin else 'exceed'} {cores} core(s)")
+           else f"{total} thread(s) {'leave' if spin else 'leave no'} core of {cores} for the "
+           "event loop")
     source = "set" if intra_op_threads else f"{cores} core(s) // {instances} instance(s)"
     return ThreadPlan(intra, inter, spin,
                       f"intra-op {intra} ({source}), spinning {'on' if spin else 'off'} ({why})")

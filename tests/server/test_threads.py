@@ -67,11 +67,12 @@ def test_the_affinity_mask_is_read_when_not_given(tmp_path):
 # -- the thread plan ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("cores", "instances", "intra", "spin"), [
-    (2, 1, 2, True),  # a 2-core machine, one instance: both cores, spinning
-    (2, 2, 1, True),  # two instances of one thread fit
-    (2, 4, 1, False),  # four single-thread instances exceed two cores: no spinning
-    (16, 3, 5, True),
-    (1, 1, 1, True),
+    (2, 1, 2, False),  # a 2-core machine, one instance: both cores, no core left: no spinning
+    (2, 2, 1, False),  # two instances of one thread: the same
+    (2, 4, 1, False),  # four single-thread instances exceed two cores
+    (16, 3, 5, True),  # 15 threads leave a core of 16: spinning
+    (8, 1, 8, False),  # one instance takes every core
+    (1, 1, 1, False),
 ])
 def test_default_intra_op_threads_share_the_cores_between_instances(cores, instances, intra, spin):
     plan = plan_threads(cores, instances)
@@ -81,7 +82,8 @@ def test_default_intra_op_threads_share_the_cores_between_instances(cores, insta
 def test_set_threads_are_kept_and_spinning_stops_when_they_oversubscribe():
     plan = plan_threads(4, 2, intra_op_threads=4)
     assert (plan.intra_op_threads, plan.allow_spinning) == (4, False)
-    assert "exceed 4 core(s)" in plan.reason
+    assert "8 thread(s) leave no core of 4" in plan.reason
+    assert plan_threads(4, 1, intra_op_threads=3).allow_spinning
 
 
 def test_parallel_mode_counts_the_inter_op_threads():
@@ -163,7 +165,10 @@ def test_session_tuning_fills_auto_values_for_the_usable_cores():
     assert tuning == SessionTuning(intra_op_threads=1, inter_op_threads=1,
                                    intra_op_spinning=False, inter_op_spinning=False)
     one = session_tuning(default_settings(SERVER), CpuBudget(2, None))
-    assert (one.intra_op_threads, one.intra_op_spinning) == (2, True)
+    assert (one.intra_op_threads, one.intra_op_spinning) == (2, False)
+    spare = session_tuning(settings_from_text(parameters(intra_op_thread_count="3").encode(),
+                                              "m", SERVER), CpuBudget(4, None))
+    assert (spare.intra_op_threads, spare.intra_op_spinning) == (3, True)
 
 
 # -- the session and the loaded model ---------------------------------------------------------
