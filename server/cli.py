@@ -36,7 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], help="execution provider (default: cpu)"
     )
-    parser.add_argument("--intra-op-threads", type=int, help="onnxruntime threads, 0 = auto")
+    parser.add_argument("--intra-op-threads", type=int,
+                        help="onnxruntime intra-op threads per model instance; 0 = usable "
+                        "cores // instances (default: 0)")
+    parser.add_argument("--inter-op-threads", type=int,
+                        help="onnxruntime inter-op threads (parallel execution only; default: 1)")
+    parser.add_argument("--graph-optimization-level",
+                        choices=["disabled", "basic", "extended", "all"],
+                        help="onnxruntime graph optimizations (default: all)")
+    parser.add_argument("--execution-mode", choices=["sequential", "parallel"],
+                        help="onnxruntime node execution (default: sequential)")
+    parser.add_argument("--allow-spinning", choices=["auto", "on", "off"],
+                        help="busy-waiting onnxruntime threads; auto: only while the threads "
+                        "fit in the usable cores (default: auto)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     parser.add_argument("--metrics-host",
                         help="address /metrics listens on (default: 127.0.0.1, loopback only)")
@@ -154,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
     from bnserve.server.settings import ServerSettings
 
     names = ("repository", "host", "port", "max_batch_size", "max_queue_delay_ms",
-             "max_queue_size", "device", "intra_op_threads", "metrics_port", "tls_certificate",
+             "max_queue_size", "device", "intra_op_threads", "inter_op_threads",
+             "graph_optimization_level", "execution_mode", "allow_spinning", "metrics_port",
+             "tls_certificate",
              "tls_private_key", "model_control_mode", "repository_poll_secs", "load_model",
              "admin_token_file", "allow_unauthenticated_admin", "shutdown_grace_s",
              "drain_window_s", "auth_token_file", "metrics_host", "tls_client_ca",

@@ -3,7 +3,8 @@
     version folder --file_checks: model.onnx and external data are plain files inside it
                    --graph: no BatchNormalization in training mode
                    --model card (metadata.json), if any, well-formed
-                   --onnxruntime session (threads from the model's settings)
+                   --onnxruntime session (threads from the model's settings and the usable
+                     cores: bnserve.server.cpu_quota)
                    --plan: config.pbtxt checked against the graph (names, datatypes, dims,
                      max_batch_size), labels, input formats
                    --batch independence proven on generated inputs (bnserve.server.independence)
@@ -20,6 +21,7 @@ Every refusal is a ``ModelLoadError`` with a short reason a client may see; its 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -32,6 +34,7 @@ from bnserve.repository.card import CardError, ModelCard, read_card
 from bnserve.repository.graph import training_mode_batchnorms
 from bnserve.repository.layout import MODEL_FILE, model_name_problem
 from bnserve.server.capture import InputCapture
+from bnserve.server.cpu_quota import CpuBudget, cpu_budget, plan_threads
 from bnserve.server.drift import CALIBRATED, DEFAULT, RECALIBRATED, DriftMonitor, MonitorPolicy
 from bnserve.server.drift_reference import build_reference
 from bnserve.server.errors import ConfigError, ModelLoadError, quoted
@@ -40,7 +43,7 @@ from bnserve.server.independence import PROBE_ROWS, check_batch_independence, pr
 from bnserve.server.model import ServedModel, ServingPlan
 from bnserve.server.model_config import ModelSettings, TensorConfig
 from bnserve.server.repository import VersionOnDisk
-from bnserve.server.runtime import OnnxRuntimeSession, TensorSpec
+from bnserve.server.runtime import OnnxRuntimeSession, SessionTuning, TensorSpec
 from bnserve.server.sampling import BatchSampler, Monitoring
 from bnserve.server.settings import ServerSettings
 
@@ -68,9 +71,13 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
         raise ModelLoadError(f"metadata.json is not a valid model card: {exc}") from None
     except OSError as exc:
         raise ModelLoadError("metadata.json cannot be read", f"{directory}: {exc}") from None
-    session = OnnxRuntimeSession(directory / MODEL_FILE, device=server.device,
-                                 intra_op_threads=settings.intra_op_threads,
-                                 inter_op_threads=settings.inter_op_threads)
+    tuning = session_tuning(settings, process_cpu_budget())
+    log.info("model %r version %d: %d instance(s), %d intra-op thread(s) each, inter-op %d, "
+             "%s execution, graph optimization %s, spinning intra %s / inter %s",
+             name, entry.version, settings.instance_count, tuning.intra_op_threads,
+             tuning.inter_op_threads, tuning.execution_mode, tuning.graph_optimization_level,
+             _on(tuning.intra_op_spinning), _on(tuning.inter_op_spinning))
+    session = OnnxRuntimeSession(directory / MODEL_FILE, device=server.device, tuning=tuning)
     plan = resolve_plan(session.inputs, session.outputs, settings, server, card,
                         directory.parent, name)
     plan = _prove_batch_independence(name, entry.version, session, plan, settings, card)
@@ -85,6 +92,37 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
         log.warning("model %r version %d: %s field(s) bnserve does not honour (ignored): %s",
                     name, entry.version, settings.source, ", ".join(settings.unhonoured))
     return model
+
+
+@functools.cache
+def process_cpu_budget() -> CpuBudget:
+    """The usable cores, read once per process and logged once."""
+    budget = cpu_budget()
+    log.info("onnxruntime threads are sized for %s", budget.describe())
+    return budget
+
+
+def session_tuning(settings: ModelSettings, budget: CpuBudget) -> SessionTuning:
+    """One instance's onnxruntime options: the model's settings, auto values filled for the
+    usable cores (``plan_threads``)."""
+    parallel = settings.execution_mode == "parallel"
+    plan = plan_threads(budget.cores, settings.instance_count,
+                        intra_op_threads=settings.intra_op_threads,
+                        inter_op_threads=settings.inter_op_threads, parallel=parallel)
+    return SessionTuning(
+        intra_op_threads=plan.intra_op_threads,
+        inter_op_threads=plan.inter_op_threads,
+        graph_optimization_level=settings.graph_optimization_level,
+        execution_mode=settings.execution_mode,
+        intra_op_spinning=(plan.allow_spinning if settings.intra_op_spinning is None
+                           else settings.intra_op_spinning),
+        inter_op_spinning=(plan.allow_spinning if settings.inter_op_spinning is None
+                           else settings.inter_op_spinning),
+    )
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def build_monitoring(label: str, directory: Path, card: ModelCard | None,

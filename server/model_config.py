@@ -53,9 +53,18 @@ HONOURED = frozenset({
     "version_policy.all", "version_policy.specific", "version_policy.specific.versions",
     "parameters",
 })
-# parameters bnserve reads: Triton's onnxruntime backend names for the thread counts, and
-# bnserve's own switch for a model that fails the batch-independence check at load.
+# parameters bnserve reads: Triton's onnxruntime backend names for the thread counts and the
+# execution mode (so a Triton config works unchanged), onnxruntime's own session config keys
+# for thread spinning, and bnserve's own switch for a model that fails the
+# batch-independence check at load.
 THREAD_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
+EXECUTION_MODE_PARAMETER = "execution_mode"  # Triton: "0" sequential, "1" parallel
+SPINNING_PARAMETERS = {"session.intra_op.allow_spinning": "intra",
+                       "session.inter_op.allow_spinning": "inter"}
+# Triton's optimization { graph { level } }: -1 basic, 1 extended, 2 disabled, anything
+# else all. Our .proto leaves `optimization` out, so the value is read from the text.
+GRAPH_LEVEL_FIELD = "optimization.graph.level"
+TRITON_GRAPH_LEVELS = {-1: "basic", 1: "extended", 2: "disabled"}
 BATCH_DEPENDENT_PARAMETER = "batch_dependent"
 DYNAMIC_BATCHING_PARAMETER = "dynamic_batching"  # "off": never merge this model's requests
 BATCH_DEPENDENT_VALUES = ("refuse", "serve_unbatched")
@@ -115,12 +124,16 @@ class ModelSettings:
     queue_timeout_s: float | None  # reject requests queued longer; None: no limit
     allow_timeout_override: bool  # a request's `timeout` parameter may shorten it
     instance_count: int  # concurrent onnxruntime runs
-    intra_op_threads: int
+    intra_op_threads: int  # per instance; 0: the usable cores // instance_count
     inter_op_threads: int
     version_policy: VersionPolicy
     inputs: tuple[TensorConfig, ...] = ()
     outputs: tuple[TensorConfig, ...] = ()
     batch_dependent: Literal["refuse", "serve_unbatched"] = "refuse"
+    graph_optimization_level: str = "all"  # disabled, basic, extended or all
+    execution_mode: str = "sequential"  # or parallel
+    intra_op_spinning: bool | None = None  # None: on while the threads fit the cores
+    inter_op_spinning: bool | None = None
     unhonoured: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -138,9 +151,17 @@ def default_settings(server: ServerSettings) -> ModelSettings:
         allow_timeout_override=False,
         instance_count=1,
         intra_op_threads=server.intra_op_threads,
-        inter_op_threads=1,
+        inter_op_threads=server.inter_op_threads,
         version_policy=VersionPolicy(),
+        graph_optimization_level=server.graph_optimization_level,
+        execution_mode=server.execution_mode,
+        intra_op_spinning=_server_spinning(server),
+        inter_op_spinning=_server_spinning(server),
     )
+
+
+def _server_spinning(server: ServerSettings) -> bool | None:
+    return None if server.allow_spinning == "auto" else server.allow_spinning == "on"
 
 
 def read_config_text(model_dir: Path) -> bytes | None:
@@ -168,13 +189,33 @@ def settings_from_text(text: bytes | None, model_name: str, server: ServerSettin
         raise ConfigError(f"{CONFIG_FILE} is not UTF-8 text") from None
     config = mc.ModelConfig()
     try:
-        known, unknown, present = filter_known_fields(decoded, mc.ModelConfig.DESCRIPTOR)
+        known, unknown, present, values = filter_known_fields(decoded,
+                                                              mc.ModelConfig.DESCRIPTOR)
         text_format.Parse(known, config)
     except text_format.ParseError as exc:
         raise ConfigError(f"{CONFIG_FILE}: {_short(str(exc))}") from None
+    graph_level = _graph_level(values, CONFIG_FILE)
+    if "optimization" in unknown:  # name what else it sets, not the whole message
+        at = unknown.index("optimization")
+        unknown[at:at + 1] = [p for p in values
+                              if p.startswith("optimization.") and p != GRAPH_LEVEL_FIELD]
     return settings_from_config(config, model_name, server, source=CONFIG_FILE,
                                 digest=hashlib.sha256(text).hexdigest(), unknown=unknown,
-                                present=present)
+                                present=present, graph_level=graph_level)
+
+
+def _graph_level(values: dict[str, str], source: str) -> str | None:
+    """Triton's optimization.graph.level as an onnxruntime level; None when not set."""
+    token = values.get(GRAPH_LEVEL_FIELD)
+    if token is None:
+        return None
+    try:
+        level = int(token, 0)
+    except ValueError:
+        raise ConfigError(f"{source}: {GRAPH_LEVEL_FIELD} must be an integer (-1 basic, "
+                          f"1 extended, 2 disabled, 0 or unset all), not {_short(token, 40)}"
+                          ) from None
+    return TRITON_GRAPH_LEVELS.get(level, "all")
 
 
 def settings_from_json(text: str, model_name: str, server: ServerSettings) -> ModelSettings:
@@ -194,7 +235,7 @@ def settings_from_json(text: str, model_name: str, server: ServerSettings) -> Mo
 
 def settings_from_config(config: mc.ModelConfig, model_name: str, server: ServerSettings, *,
                          source: str, digest: str, unknown: Iterable[str] = (),
-                         present: set[str]) -> ModelSettings:
+                         present: set[str], graph_level: str | None = None) -> ModelSettings:
     """Check a parsed ModelConfig and turn it into ModelSettings; ConfigError names the field.
 
     What the config leaves out is filled as Triton's auto-complete does: no max_batch_size
@@ -240,6 +281,8 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
             extra.append(f"instance_group.kind ({kind}; the device is the server's --device)")
 
     threads = {}
+    execution_mode = server.execution_mode
+    spinning = {"intra": _server_spinning(server), "inter": _server_spinning(server)}
     batch_dependent = "refuse"
     for key, parameter in config.parameters.items():
         value = parameter.string_value
@@ -248,6 +291,16 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
                 raise ConfigError(f"{source}: parameters[{quoted(key)}] must be an integer "
                                   "from 0 to 1024")
             threads[key] = int(value)
+        elif key == EXECUTION_MODE_PARAMETER:
+            if value not in ("0", "1"):
+                raise ConfigError(f"{source}: parameters[{quoted(key)}] must be 0 (sequential) "
+                                  "or 1 (parallel)")
+            execution_mode = "sequential" if value == "0" else "parallel"
+        elif key in SPINNING_PARAMETERS:
+            if value not in ("0", "1"):
+                raise ConfigError(f"{source}: parameters[{quoted(key)}] must be 0 (no spinning) "
+                                  "or 1 (spin)")
+            spinning[SPINNING_PARAMETERS[key]] = value == "1"
         elif key == DYNAMIC_BATCHING_PARAMETER:
             if value not in ("on", "off"):
                 raise ConfigError(f"{source}: parameters[{quoted(key)}] must be on or off")
@@ -282,11 +335,16 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
         allow_timeout_override=queue.allow_timeout_override,
         instance_count=count,
         intra_op_threads=threads.get("intra_op_thread_count", server.intra_op_threads),
-        inter_op_threads=threads.get("inter_op_thread_count", 1),
+        # Triton's 0 is "onnxruntime's default"; bnserve's default is the server's.
+        inter_op_threads=threads.get("inter_op_thread_count") or server.inter_op_threads,
         version_policy=_version_policy(config.version_policy, source),
         inputs=tuple(_tensor(t, "input", source) for t in config.input),
         outputs=tuple(_tensor(t, "output", source) for t in config.output),
         batch_dependent=batch_dependent,  # type: ignore[arg-type]
+        graph_optimization_level=graph_level or server.graph_optimization_level,
+        execution_mode=execution_mode,
+        intra_op_spinning=spinning["intra"],
+        inter_op_spinning=spinning["inter"],
         unhonoured=tuple(dict.fromkeys(unhonoured)),
     )
 

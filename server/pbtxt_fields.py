@@ -4,8 +4,10 @@
 and cannot skip an unknown ``field [ {...} ]`` list, which Triton configs use. So
 ``filter_known_fields`` walks the tokens with the schema in hand instead: it names every
 field the schema does not declare (by dotted path), keeps the text of the others for the
-strict parser, and says which top-level fields the text sets (proto3 cannot tell
-``max_batch_size: 0`` from no ``max_batch_size``; the text can).
+strict parser, says which top-level fields the text sets (proto3 cannot tell
+``max_batch_size: 0`` from no ``max_batch_size``; the text can), and keeps the scalar
+values found under unknown fields by dotted path (Triton's ``optimization { graph { level } }``,
+which our .proto does not declare, is read from there).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class _Filter:
         self.unknown: list[str] = []
         self.kept: list[str] = []
         self.present: set[str] = set()  # top-level fields the text sets
+        self.values: dict[str, str] = {}  # scalars under unknown fields, by dotted path
         self._line = 0
 
     def _take(self, keep: bool) -> str:
@@ -82,18 +85,21 @@ class _Filter:
                 self._take(keep)
                 self.message(descriptor, prefix, keep, end=closing)
                 return
-        if tok.token == "-":
-            self._take(keep)
+        sign = self._take(keep) if tok.token == "-" else ""
         string = tok.token[:1] in ("'", '"')
-        self._take(keep)
+        text = sign + self._take(keep)
         while string and tok.token[:1] in ("'", '"'):  # "adjacent" "strings" concatenate
-            self._take(keep)
+            text += self._take(keep)
+        if not keep:
+            self.values[prefix.rstrip(".")] = text
 
 
-def filter_known_fields(text: str, descriptor) -> tuple[str, list[str], set[str]]:
+def filter_known_fields(text: str, descriptor
+                        ) -> tuple[str, list[str], set[str], dict[str, str]]:
     """(the text with only the fields ``descriptor`` knows, dotted paths of the others, the
     names of the top-level fields present: proto3 cannot tell ``max_batch_size: 0`` from
-    no max_batch_size, the text can)."""
+    no max_batch_size, the text can; the scalar values under unknown fields, by dotted path,
+    as their tokens: ``{"optimization.graph.level": "-1"}``)."""
     walker = _Filter(text)
     walker.message(descriptor, "", keep=True, end=None)
-    return " ".join(walker.kept), walker.unknown, walker.present
+    return " ".join(walker.kept), walker.unknown, walker.present, walker.values

@@ -89,7 +89,34 @@ class ServerSettings(BaseSettings):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="onnxruntime intra-op threads per model; 0 lets onnxruntime choose.",
+        le=1024,
+        description="onnxruntime intra-op threads per model instance; 0: the usable cores "
+        "(affinity mask and cgroup CPU quota) divided by the model's instance count, at "
+        "least 1. A config.pbtxt's intra_op_thread_count overrides it.",
+    )
+    inter_op_threads: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="onnxruntime inter-op threads per instance (used only in parallel "
+        "execution mode). A config.pbtxt's inter_op_thread_count overrides it.",
+    )
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = Field(
+        default="all",
+        description="onnxruntime graph optimizations. A config.pbtxt's "
+        "optimization { graph { level } } overrides it (Triton's -1 basic, 1 extended, "
+        "2 disabled, otherwise all).",
+    )
+    execution_mode: Literal["sequential", "parallel"] = Field(
+        default="sequential",
+        description="onnxruntime runs a graph's nodes one after another or, for graphs with "
+        "parallel branches, in parallel. A config.pbtxt's execution_mode (0/1) overrides it.",
+    )
+    allow_spinning: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Whether idle onnxruntime pool threads busy-wait for work. auto: on only "
+        "while instances x threads fit in the usable cores, so spinning threads never take "
+        "the cores the event loop and the codec need.",
     )
     max_message_bytes: int = Field(
         default=64 * 1024 * 1024,
