@@ -152,3 +152,25 @@ def test_serve_refuses_an_unavailable_device_at_start(digits_repository):
                      "--device", "cuda", check=False)
     assert result.returncode == 1
     assert "no CUDAExecutionProvider" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_extras_follow_their_nested_extras_and_accept_the_gpu_build(monkeypatch):
+    """`server` and `cuda` share `bnserve[server-common]`: a command asking for the server extra
+    checks all of it, and onnxruntime-gpu (the cuda extra) stands in for onnxruntime."""
+    from importlib import metadata
+
+    from bnserve.cli import extras
+
+    server = extras.extra_requirements()["server"]
+    assert {"onnxruntime", "grpcio-health-checking", "onnxscript"} <= set(server)
+    real = metadata.distribution
+
+    def without_cpu_build(name):
+        if name == "onnxruntime":
+            raise metadata.PackageNotFoundError(name)
+        if name == "onnxruntime-gpu":
+            return real("onnx")  # any installed distribution
+        return real(name)
+
+    monkeypatch.setattr(extras.metadata, "distribution", without_cpu_build)
+    assert extras.missing_for("server") == []
