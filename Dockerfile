@@ -32,10 +32,8 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
 
 # Dependencies first, in a layer of their own that is rebuilt only when pyproject.toml
 # changes: the base dependencies plus the `server` extra, read from pyproject.toml itself.
-COPY pyproject.toml /src/pyproject.toml
-RUN python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
-        print("\n".join(p["dependencies"] + p["optional-dependencies"]["server"]))' \
-        > /tmp/requirements-server.txt \
+COPY pyproject.toml scripts/requirements.py /src/
+RUN python3 /src/requirements.py server /src/pyproject.toml > /tmp/requirements-server.txt \
     && pip install --no-cache-dir --requirement /tmp/requirements-server.txt
 
 # Then the project itself (non-editable; .dockerignore keeps the context to the sources).
