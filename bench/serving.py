@@ -66,6 +66,32 @@ def machine_load() -> dict:
     return load
 
 
+def _busy_ticks() -> int:
+    """Clock ticks every CPU spent busy since boot (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def _process_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, all threads
+
+
+class OtherLoad:
+    """Cores kept busy by processes other than this one and ``server_pid`` over an interval:
+    on a shared machine, the figure that says whether a scenario's numbers can be trusted."""
+
+    def __init__(self, *server_pids: int) -> None:
+        self.pids = tuple({os.getpid(), *server_pids})
+        self.started = (time.perf_counter(), _busy_ticks(), sum(map(_process_ticks, self.pids)))
+
+    def cores(self) -> float:
+        wall, busy, ours = self.started
+        others = (_busy_ticks() - busy) - (sum(map(_process_ticks, self.pids)) - ours)
+        return round(others / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - wall), 2)
+
+
 def split_cpus(cpus: list[int]) -> tuple[list[int], list[int]]:
     """--pin: the server (and the limit) get the first half, the generator the rest."""
     if len(cpus) < 2:
@@ -123,13 +149,15 @@ def measure_limit(session, input_name: str, sample_shape: tuple[int, ...],
         while time.perf_counter() < warm_until:
             session.run({input_name: x})
         times = []
+        other = OtherLoad()
         start = time.perf_counter()
         while (began := time.perf_counter()) < start + durations.measure_s:
             session.run({input_name: x})
             times.append(time.perf_counter() - began)
         elapsed = time.perf_counter() - start
         limit[str(batch)] = {"rows_per_s": len(times) * batch / elapsed,
-                             "p50_ms": float(np.median(times) * 1e3), "runs": len(times)}
+                             "p50_ms": float(np.median(times) * 1e3), "runs": len(times),
+                             "other_load_cores": other.cores()}
     return limit
 
 
@@ -172,15 +200,18 @@ def bench_model(name: str, work: Path, args, durations: Durations, server_cpus, 
                 pin(process.pid, server_cpus)
             for batch, concurrency in scenarios:
                 for mode in args.modes:
+                    other = OtherLoad(process.pid)
                     result = asyncio.run(run_load(
                         f"127.0.0.1:{port}", requests[batch], mode=mode, concurrency=concurrency,
                         duration_s=durations.measure_s, warmup_s=durations.warmup_s,
                         rows_per_request=batch))
-                    row = {"model": name, "target": target, "batch": batch, **result.to_dict()}
+                    row = {"model": name, "target": target, "batch": batch, **result.to_dict(),
+                           "other_load_cores": other.cores()}
                     runs.append(row)
                     print(f"[{name}] {target:7} batch {batch:2} x {concurrency:3} {mode:6} "
                           f"{result.rows_per_s:9.0f} rows/s  p50 {result.p50_ms:7.2f} ms  "
-                          f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}", flush=True)
+                          f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
+                          f"other load {row['other_load_cores']} cores", flush=True)
         finally:
             stop(process)
     add_ratios(runs, limit)
@@ -217,7 +248,8 @@ def markdown(report: dict) -> str:
            f"{setup['generator_cpus']}." if setup["server_cpus"] else
            "The load generator and the server share these cores (--pin separates them)."),
         f"{setup['measure_s']} s measured after {setup['warmup_s']} s warm-up per scenario; "
-        "closed loop, raw FP32 contents, pre-serialised requests, one grpc.aio channel.", "",
+        "closed loop, raw FP32 contents, pre-serialised requests (bench/loadgen.py: unary "
+        "calls 16 to a connection, streams 64 in flight each).", "",
     ]
     for model in report["models"]:
         info, limit = model["model"], model["limit"]
@@ -225,21 +257,24 @@ def markdown(report: dict) -> str:
         lines += [f"## {info['name']}: {info['description']}{flops}", "",
                   "In-process limit (onnxruntime, intra-op threads "
                   f"{model['intra_op_threads']}): " + "; ".join(
-                      f"batch {b}: {v['rows_per_s']:,.0f} rows/s, p50 {v['p50_ms']:.3f} ms"
-                      for b, v in limit.items()), "",
+                      f"batch {b}: {v['rows_per_s']:,.0f} rows/s, p50 {v['p50_ms']:.3f} ms "
+                      f"(other load {v['other_load_cores']} cores)" for b, v in limit.items()), "",
                   "| rows x in flight | mode | target | req/s | rows/s | p50 ms | p90 ms | "
-                  "p99 ms | errors | vs floor | vs limit |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "p99 ms | errors | vs floor | vs limit | other load |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(model["runs"], key=lambda r: (r["batch"], r["concurrency"], r["mode"],
                                                        r["target"])):
             lines.append(
                 f"| {r['batch']} x {r['concurrency']} | {r['mode']} | {r['target']} | "
                 f"{r['requests_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | "
                 f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
-                f"{_ratio(r['vs_floor'])} | {_ratio(r['vs_limit'])} |")
+                f"{_ratio(r['vs_floor'])} | {_ratio(r['vs_limit'])} | "
+                f"{r['other_load_cores']} |")
         lines.append("")
     lines += ["vs floor: bnserve rows/s / floor rows/s, same scenario. vs limit: rows/s / "
-              "in-process rows/s at the same batch.", ""]
+              "in-process rows/s at the same batch. other load: cores kept busy by processes "
+              "other than the bench and its server during the scenario (/proc/stat); well "
+              "above 0 on a 2-core machine, that row's figures are not the server's own.", ""]
     return "\n".join(lines)
 
 
