@@ -89,7 +89,9 @@ class OtherLoad:
     def cores(self) -> float:
         wall, busy, ours = self.started
         others = (_busy_ticks() - busy) - (sum(map(_process_ticks, self.pids)) - ours)
-        return round(others / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - wall), 2)
+        # max(0): ticks are counted per CPU at different moments, so a quiet interval can
+        # read a hair below zero.
+        return max(0.0, round(others / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - wall), 2))
 
 
 def split_cpus(cpus: list[int]) -> tuple[list[int], list[int]]:
