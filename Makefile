@@ -41,8 +41,12 @@ proto: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
+# The serving benchmark (bench/serving.py, ~6 min; results in bench/results/serving.*), not
+# part of `make test`. BENCH_ARGS=--quick for ~1 s a scenario, BENCH_ARGS=--pin to put the
+# server and the load generator on separate cores.
+BENCH_ARGS ?=
 bench: $(VENV)/.installed-dev
-	$(BIN)/python bench/serve_vs_inprocess.py
+	$(BIN)/python bench/serving.py $(BENCH_ARGS)
 
 # Triton's perf_analyzer against bnserve; it needs Debian's libb64-0d (apt-get install libb64-0d).
 perf-analyzer: $(VENV)/.installed-dev
