@@ -171,8 +171,17 @@ def bench_model(name: str, work: Path, args, durations: Durations, server_cpus, 
     repository = work / name / "models"
     info = build_model(repository, name)
     print(f"[{name}] exported: {info}", flush=True)
+    # The limit runs the model with the session options the server would give it (the same
+    # thread plan for the usable cores), unless --pin or --intra-op-threads say otherwise.
+    from bnserve.server.cpu_quota import cpu_budget
+    from bnserve.server.loader import session_tuning
+    from bnserve.server.model_config import default_settings
+    from bnserve.server.settings import ServerSettings
+
     threads = len(server_cpus) if server_cpus else args.intra_op_threads
-    session = OnnxRuntimeSession(repository / name / "1" / "model.onnx", intra_op_threads=threads)
+    tuning = session_tuning(default_settings(ServerSettings(intra_op_threads=threads)),
+                            cpu_budget())
+    session = OnnxRuntimeSession(repository / name / "1" / "model.onnx", tuning=tuning)
     spec = session.inputs[0]
     sample_shape = tuple(spec.shape[1:])
     scenarios = [tuple(int(v) for v in s.split("x")) for s in args.scenarios]

@@ -7,6 +7,7 @@ Dockerfile installs in a layer of its own, before the project's sources.
 
 import re
 import sys
+
 import tomllib
 
 SELF = re.compile(r"bnserve\[([^\]]+)\]")
