@@ -80,11 +80,36 @@ def test_errors_keep_the_status_code_and_the_cause(client, digits_data):
 
 
 def test_per_call_timeout(client, digits_data):
+    """A server that does not answer in time: DeadlineExceededError at the caller's deadline.
+    (A server that answers in about a millisecond cannot be outrun reliably: grpc's timers
+    are coarser than that, and the batcher no longer makes a lone request wait.)"""
     images, _ = digits_data
-    with pytest.raises(DeadlineExceededError) as info:
-        client.predict("digits", images[:1], timeout=1e-6)
-    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert client.predict("digits", images[:1]).shape == (1, 10)  # the client still works
+    import threading
+    import time
+    from concurrent import futures
+
+    released = threading.Event()
+
+    def never_in_time(request: bytes, context: grpc.ServicerContext) -> bytes:
+        released.wait(5)
+        return b""
+
+    handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(never_in_time)})
+    slow = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=(handler,))
+    port = slow.add_insecure_port("127.0.0.1:0")
+    slow.start()
+    try:
+        with Client(f"127.0.0.1:{port}") as patient:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError) as info:
+                patient.infer("digits", {"input": images[:1]}, timeout=0.3)
+            assert time.monotonic() - started < 3.0
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        released.set()
+        slow.stop(0)
+    assert client.predict("digits", images[:1], timeout=30).shape == (1, 10)
 
 
 def test_unreachable_server():
