@@ -272,6 +272,11 @@ class DriftMonitor:
         return bool(self._alarm_since)
 
     @property
+    def alarm_since(self) -> float:
+        """Unix time the alarm was raised; 0.0 when there is none."""
+        return self._alarm_since
+
+    @property
     def score(self) -> float:
         scored = self._scored
         return scored.score if scored is not None else 0.0

@@ -153,7 +153,7 @@ class AutoRecalibration:
             monitor, capture = model.monitoring.monitor, model.monitoring.capture
             if monitor is None or capture is None or self._recalibrate.running(model.name):
                 continue
-            since = monitor.report().alarm_since
+            since = monitor.alarm_since  # not report(): that copies every layer's moments
             if not since or now - since < self._after_s:
                 continue
             if now - self._last_try.get(model.name, -float("inf")) < self._cooldown_s:
