@@ -47,15 +47,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from bnserve.server.errors import ModelNotReadyError, QueueFullError, QueueTimeoutError
 
 log = logging.getLogger(__name__)
+
+# A lone request whose run is expected to take less than this runs on the event loop: the
+# executor hop (a thread wake-up, the GIL handed over twice, the loop woken) costs more.
+INLINE_RUN_S = 200e-6
 
 Tensors = dict[str, np.ndarray]
 RunBatch = Callable[[Tensors], Tensors]
@@ -78,21 +83,27 @@ class BatchRecord:
         return max(self.queue_waits_s, default=0.0)
 
 
-@dataclass
 class _Pending:
-    inputs: Tensors
-    rows: int
-    future: asyncio.Future[Tensors]
-    enqueued_at: float
-    # Requests are merged only when every input agrees on dtype and per-row shape.
-    signature: tuple = field(init=False)
-    waiting: bool = True  # in the queue, not yet taken into a batch
-    expiry: asyncio.TimerHandle | None = None  # answers it at its queue timeout
+    """One queued request (a plain class with slots: one is made per request)."""
 
-    def __post_init__(self) -> None:
-        self.signature = tuple(
-            (name, array.dtype.str, array.shape[1:]) for name, array in sorted(self.inputs.items())
-        )
+    __slots__ = ("inputs", "rows", "future", "enqueued_at", "signature", "waiting", "expiry")
+
+    def __init__(self, inputs: Tensors, rows: int, future: asyncio.Future[Tensors],
+                 enqueued_at: float) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.future = future
+        self.enqueued_at = enqueued_at
+        # Requests are merged only when every input agrees on dtype and per-row shape.
+        # Sorted by name: requests may list their inputs in any order.
+        items = inputs.items() if len(inputs) == 1 else sorted(inputs.items(), key=_name)
+        self.signature = tuple((name, array.dtype, array.shape[1:]) for name, array in items)
+        self.waiting = True  # in the queue, not yet taken into a batch
+        self.expiry: asyncio.TimerHandle | None = None  # answers it at its queue timeout
+
+
+def _name(item: tuple[str, np.ndarray]) -> str:
+    return item[0]
 
 
 class DelayEstimate:
@@ -131,6 +142,14 @@ class DelayEstimate:
             return seconds
         slope = min(max((rows_seconds - rows * seconds) / spread, 0.0), seconds / rows)
         return seconds - slope * rows
+
+    def expected_s(self, rows: int) -> float | None:
+        """A run's expected time at ``rows``, from the fit; None before any run."""
+        fixed = self.fixed_cost_s
+        if fixed is None:
+            return None
+        mean_rows, mean_s = self._runs[0], self._runs[1]
+        return fixed + (mean_s - fixed) / mean_rows * rows if mean_rows else mean_s
 
     def patience_s(self) -> float:
         """How long a batch waits for one more request: the fixed cost a request saves by
@@ -194,6 +213,9 @@ class DynamicBatcher:
         self._answered_all = asyncio.Event()
         self.runs = 0  # runtime calls made; tests and metrics read it
         self.estimate = DelayEstimate(longest_gap_s=policy.max_queue_delay_s)
+        # The runtime call alone, timed in its thread (the estimate above also holds the
+        # executor hop and the loop's wake-up): what decides whether a run goes inline.
+        self.compute = DelayEstimate(longest_gap_s=policy.max_queue_delay_s)
 
     @property
     def max_batch_size(self) -> int:
@@ -386,6 +408,19 @@ class DynamicBatcher:
             rows += pending.rows
         return batch
 
+    def _timed_run(self, merged: Tensors) -> tuple[Tensors, float]:
+        """The runtime call, and how long it took in the thread that ran it."""
+        started = time.perf_counter()
+        outputs = self._run_batch(merged)
+        return outputs, time.perf_counter() - started
+
+    def _runs_inline(self, rows: int) -> bool:
+        """Run on the event loop, without the executor hop: only for the one request the
+        model has taken (nothing else waits behind the loop) and only when its run is
+        expected to be shorter than the hop it saves (``INLINE_RUN_S``)."""
+        expected = self.compute.expected_s(rows)
+        return self._unanswered == 1 and expected is not None and expected <= INLINE_RUN_S
+
     @staticmethod
     def _live(batch: Sequence[_Pending]) -> list[_Pending]:
         """The requests of ``batch`` whose callers still wait (a deadline or a cancel may
@@ -440,7 +475,14 @@ class DynamicBatcher:
             else {n: np.concatenate([p.inputs[n] for p in group]) for n in names}
         )
         merged_at = loop.time()
-        run = loop.run_in_executor(self._executor, self._run_batch, merged)
+        if len(group) == 1 and self._runs_inline(group[0].rows):
+            run = loop.create_future()  # the same path as the executor's, without the hop
+            try:
+                run.set_result(self._timed_run(merged))
+            except Exception as exc:  # noqa: BLE001 - answered below like an executor's
+                run.set_exception(exc)
+        else:
+            run = loop.run_in_executor(self._executor, self._timed_run, merged)
         if len(group) == 1:
             # Nothing retries a lone request: let the run's thread hold its inputs alone, so
             # that a large one is freed there, not on the event loop (freeing 250k strings
@@ -448,7 +490,7 @@ class DynamicBatcher:
             group[0].inputs = {}
         del merged
         try:
-            outputs = await run
+            outputs, compute_s = await run
         except Exception as exc:
             if len(group) > 1:
                 log.warning("batch of %d failed (%s); retrying one by one", len(group), exc)
@@ -459,6 +501,7 @@ class DynamicBatcher:
                 if not group[0].future.done():
                     group[0].future.set_exception(exc)
             return
+        self.compute.ran(sum(p.rows for p in group), compute_s)
         self.runs += 1
         finished = loop.time()
         offset = 0

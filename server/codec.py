@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError, Message
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.tensors import datatype_of, encode_raw
 from bnserve.server.errors import InvalidInputError, ResponseTooLargeError
-from bnserve.server.wire_format import join_infer_response, split_infer_request
+from bnserve.server.wire_format import ResponseHeaders, join_infer_response, split_infer_request
 
 OFFLOAD_BYTES = 1 << 20
 CODEC_THREADS = 2  # as many large messages decode at once; more wait (memory, not CPU)
@@ -73,6 +73,8 @@ class Codec:
         self.max_send_bytes = max_send_bytes
         self.memory = ResponseMemory(response_memory_bytes)
         self._executor = ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="codec")
+        self._headers = ResponseHeaders()
+        self._datatypes: dict[np.dtype, str] = {}  # numpy dtype -> protocol datatype
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -103,9 +105,8 @@ class Codec:
                            outputs: dict[str, np.ndarray]) -> bytes:
         numeric = sum(a.nbytes for a in outputs.values() if a.dtype != object)
         self.check_size(numeric)  # before copying anything
-        response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
-        for name, array in outputs.items():
-            response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        header = self._headers.header(model, version, tuple(
+            (name, self._datatype(array.dtype), array.shape) for name, array in outputs.items()))
         arrays = list(outputs.values())
         if numeric > OFFLOAD_BYTES or any(a.dtype == object and a.size > 4096 for a in arrays):
             # The thread takes the only references: large arrays are freed there, not on
@@ -113,11 +114,17 @@ class Codec:
             del outputs
             handed = [arrays]
             del arrays
-            data = await self.off_loop(_join_handed, response, handed)
+            data = await self.off_loop(_join_handed, header, request_id, handed)
         else:
-            data = _join(response, arrays)
+            data = _join(header, request_id, arrays)
         self.check_size(len(data))
         return data
+
+    def _datatype(self, dtype: np.dtype) -> str:
+        found = self._datatypes.get(dtype)
+        if found is None:
+            found = self._datatypes[dtype] = datatype_of(dtype)  # a handful of dtypes
+        return found
 
     def hold(self, data: bytes, on_done: Callable[[Callable[[Any], None]], None]) -> None:
         """Count ``data`` as held until ``on_done``'s callback runs (the call ended), or
@@ -147,9 +154,9 @@ def _split(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
         raise MalformedRequestError("request is not a valid ModelInferRequest") from None
 
 
-def _join_handed(response: pb.ModelInferResponse, handed: list[list[np.ndarray]]) -> bytes:
-    return _join(response, handed.pop())
+def _join_handed(header: bytes, request_id: str, handed: list[list[np.ndarray]]) -> bytes:
+    return _join(header, request_id, handed.pop())
 
 
-def _join(response: pb.ModelInferResponse, arrays: list[np.ndarray]) -> bytes:
-    return join_infer_response(response, [encode_raw(a) for a in arrays])
+def _join(header: bytes, request_id: str, arrays: list[np.ndarray]) -> bytes:
+    return join_infer_response(header, request_id, [encode_raw(a) for a in arrays])

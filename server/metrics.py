@@ -41,15 +41,38 @@ RUN_TIME = Histogram(
 )
 
 
+class _Children:
+    """Each label set's child metric, looked up once: ``labels()`` validates and hashes
+    its arguments under a lock, a cost every request and every run would pay again.
+    Bounded like the family's own series, which are never removed either (model names an
+    operator serves, fixed codes)."""
+
+    def __init__(self, family) -> None:
+        self._family = family
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def __call__(self, *labels: str):
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._family.labels(*labels)
+        return child
+
+
+_REQUESTS = _Children(REQUESTS)
+_BATCH = tuple(_Children(family) for family in (BATCH_ROWS, BATCH_REQUESTS, QUEUE_WAIT,
+                                                RUN_TIME))
+
+
 def observe_batch(model: str, record: BatchRecord) -> None:
-    BATCH_ROWS.labels(model).observe(record.rows)
-    BATCH_REQUESTS.labels(model).observe(record.requests)
-    QUEUE_WAIT.labels(model).observe(record.queue_wait_s)
-    RUN_TIME.labels(model).observe(record.run_s)
+    rows, requests, queue_wait, run_time = (children(model) for children in _BATCH)
+    rows.observe(record.rows)
+    requests.observe(record.requests)
+    queue_wait.observe(record.queue_wait_s)
+    run_time.observe(record.run_s)
 
 
 def count_request(model: str, code: str) -> None:
-    REQUESTS.labels(model, code).inc()
+    _REQUESTS(model, code).inc()
 
 
 def count_rejected(method: str, reason: str) -> None:

@@ -58,7 +58,10 @@ def decode_inputs(request: pb.ModelInferRequest, raw: Sequence[bytes | memoryvie
                         f"{name} has typed contents but the request also uses "
                         "raw_input_contents; use one or the other"
                     )
-                array = decode_raw(raw[index], tensor.datatype, tensor.shape, name=name)
+                # A view of the request's bytes: onnxruntime only reads it, and a merged
+                # batch is copied once by the batcher's concatenate.
+                array = decode_raw(raw[index], tensor.datatype, tensor.shape, name=name,
+                                   copy=False)
             elif has_contents(tensor.contents) or _is_empty_shape(tensor.shape):
                 array = decode_contents(tensor.contents, tensor.datatype, tensor.shape, name=name)
             else:

@@ -8,9 +8,10 @@ parsing at all, so for large messages:
 - ``split_infer_request`` walks the top-level fields of a ModelInferRequest (a handful of
   tags, in Python), hands ``raw_input_contents`` back as zero-copy views of the received
   bytes, and lets protobuf parse only the rest (names, shapes, parameters);
-- ``join_infer_response`` serializes a ModelInferResponse without its raw outputs and
-  appends each one as a length-delimited field 6, which protobuf reads as the same message
-  (repeated fields may come in any order on the wire).
+- ``join_infer_response`` takes a ModelInferResponse serialized without its id and raw
+  outputs (``ResponseHeaders``: built once per distinct model, version and output shapes,
+  not per answer) and appends the id and each raw output as length-delimited fields 3 and
+  6, which protobuf reads as the same message (fields may come in any order on the wire).
 
 Typed contents (``contents.fp32_contents`` ...) of a large request are still parsed by
 protobuf (packed numbers parse at memory speed); turning them into numpy is chunked by the
@@ -27,6 +28,7 @@ _REQUEST_RAW_FIELD = pb.ModelInferRequest.DESCRIPTOR.fields_by_name[
     "raw_input_contents"].number  # 7
 _RESPONSE_RAW_FIELD = pb.ModelInferResponse.DESCRIPTOR.fields_by_name[
     "raw_output_contents"].number  # 6
+_RESPONSE_ID_FIELD = pb.ModelInferResponse.DESCRIPTOR.fields_by_name["id"].number  # 3
 _LENGTH_DELIMITED = 2
 
 
@@ -92,10 +94,46 @@ def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryv
     return request, raw
 
 
-def join_infer_response(response: pb.ModelInferResponse, raw_outputs: list[bytes]) -> bytes:
-    """``response`` (without raw_output_contents) serialized, then each raw output."""
-    tag = encode_varint(_RESPONSE_RAW_FIELD << 3 | _LENGTH_DELIMITED)
-    parts = [response.SerializeToString()]
+_RAW_TAG = encode_varint(_RESPONSE_RAW_FIELD << 3 | _LENGTH_DELIMITED)
+_ID_TAG = encode_varint(_RESPONSE_ID_FIELD << 3 | _LENGTH_DELIMITED)
+
+
+def join_infer_response(header: bytes, request_id: str, raw_outputs: list[bytes]) -> bytes:
+    """A ModelInferResponse: ``header`` (its fields but the id and raw outputs, serialized),
+    the request's id, then each raw output."""
+    parts = [header]
+    if request_id:
+        encoded = request_id.encode("utf-8")
+        parts += [_ID_TAG, encode_varint(len(encoded)), encoded]
     for raw in raw_outputs:
-        parts += [tag, encode_varint(len(raw)), raw]
+        parts += [_RAW_TAG, encode_varint(len(raw)), raw]
     return b"".join(parts)
+
+
+OutputHeader = tuple[str, str, tuple[int, ...]]  # name, datatype, shape
+
+
+class ResponseHeaders:
+    """Serialized ModelInferResponse headers (model, version, each output's name, datatype
+    and shape), kept per distinct header: a steady flow of same-shaped answers builds no
+    message at all. Bounded: past ``limit`` distinct headers the cache starts over."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._headers: dict[tuple[str, str, tuple[OutputHeader, ...]], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def header(self, model: str, version: str, outputs: tuple[OutputHeader, ...]) -> bytes:
+        key = (model, version, outputs)
+        found = self._headers.get(key)
+        if found is None:
+            response = pb.ModelInferResponse(model_name=model, model_version=version)
+            for name, datatype, shape in outputs:
+                response.outputs.add(name=name, datatype=datatype, shape=shape)
+            found = response.SerializeToString()
+            if len(self._headers) >= self.limit:
+                self._headers.clear()
+            self._headers[key] = found
+        return found

@@ -23,7 +23,8 @@ def test_one_scenario_writes_the_report(tmp_path: Path) -> None:
     assert set(model["limit"]) == {"1", "32"}
     assert all(v["rows_per_s"] > 0 for v in model["limit"].values())
     runs = {(r["target"], r["mode"]): r for r in model["runs"]}
-    assert set(runs) == {(t, m) for t in ("bnserve", "floor") for m in ("unary", "stream")}
+    targets = ("bnserve", "bnserve-no-drift", "floor")
+    assert set(runs) == {(t, m) for t in targets for m in ("unary", "stream")}
     for run in runs.values():
         assert run["batch"] == 1 and run["concurrency"] == 4
         assert run["requests"] > 0 and run["errors"] == 0
@@ -31,5 +32,10 @@ def test_one_scenario_writes_the_report(tmp_path: Path) -> None:
         assert run["vs_limit"] > 0
     assert runs["bnserve", "unary"]["vs_floor"] > 0
     assert runs["floor", "unary"]["vs_floor"] is None
+    # The drift monitor's cost: bnserve against itself with the monitor off, per scenario.
+    cost = runs["bnserve", "unary"]["drift_cost"]
+    assert cost == 1 - runs["bnserve", "unary"]["rows_per_s"] / runs[
+        "bnserve-no-drift", "unary"]["rows_per_s"]
+    assert runs["bnserve-no-drift", "unary"]["drift_cost"] is None
     assert (tmp_path / "serving.md").read_text().startswith("# bnserve serving benchmark")
     assert (tmp_path / "serving.png").stat().st_size > 0

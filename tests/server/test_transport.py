@@ -9,6 +9,7 @@ import logging
 import re
 
 import grpc
+import numpy as np
 import pytest
 
 from bnserve.proto import open_inference_pb2 as pb
@@ -89,3 +90,23 @@ async def test_malformed_calls_log_once_per_interval(caplog):
     assert rejected == [("ServerMetadata", "malformed")] * 5
     assert len(caplog.records) == 1
     assert "not a valid ServerMetadataRequest" in caplog.records[0].getMessage()
+
+
+def test_an_answer_assembled_from_a_cached_header_is_the_message_protobuf_would_build():
+    from bnserve.server.wire_format import ResponseHeaders, join_infer_response
+
+    headers = ResponseHeaders(limit=2)
+    outputs = (("probabilities", "FP32", (3, 10)), ("label", "INT64", (3,)))
+    raw = [np.arange(30, dtype=np.float32).tobytes(), np.arange(3).tobytes()]
+    for request_id in ("", "req-7", "ü" * 200):  # a multi-byte id, longer than 127 bytes
+        data = join_infer_response(headers.header("mlp", "2", outputs), request_id, raw)
+        built = pb.ModelInferResponse(model_name="mlp", model_version="2", id=request_id,
+                                      raw_output_contents=raw)
+        for name, datatype, shape in outputs:
+            built.outputs.add(name=name, datatype=datatype, shape=shape)
+        assert pb.ModelInferResponse.FromString(data) == built
+    # The same header is served from the cache, and the cache stays within its limit.
+    assert headers.header("mlp", "2", outputs) is headers.header("mlp", "2", outputs)
+    for rows in range(5):
+        headers.header("mlp", "2", (("label", "INT64", (rows,)),))
+    assert len(headers) <= 2
