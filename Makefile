@@ -41,7 +41,7 @@ proto: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
-# The serving benchmark (bench/serving.py, ~6 min; results in bench/results/serving.*), not
+# The serving benchmark (bench/serving.py, ~12 min; results in bench/results/serving.*), not
 # part of `make test`. BENCH_ARGS=--quick for ~1 s a scenario, BENCH_ARGS=--pin to put the
 # server and the load generator on separate cores.
 BENCH_ARGS ?=

@@ -40,14 +40,21 @@ def free_port() -> int:
 
 
 def model_repository(repository: Path, model: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """``repository`` if it holds ``model``; else a temporary one with a quick digits CNN."""
+    """``repository`` if it holds ``model``; else a temporary one with ``model`` built by
+    bench/bench_models.py when it is one of those (digits, resnet, mlp), or a quick digits
+    CNN under that name."""
     if (repository / model).is_dir():
         return repository, None
-    from bnserve.training.quick import build_digits_repository
-
     scratch = tempfile.TemporaryDirectory()
-    build_digits_repository(Path(scratch.name), name=model)
-    print(f"no {model} model in {repository}: trained a quick one in {scratch.name}")
+    from bench_models import MODELS, build_model
+
+    if model in MODELS:
+        build_model(Path(scratch.name), model)
+    else:
+        from bnserve.training.quick import build_digits_repository
+
+        build_digits_repository(Path(scratch.name), name=model)
+    print(f"no {model} model in {repository}: built one in {scratch.name}")
     return Path(scratch.name), scratch
 
 

@@ -1,6 +1,6 @@
 """Serving benchmark: bnserve against the transport floor and the in-process limit.
 
-    .venv/bin/python bench/serving.py                 # full run (make bench), ~6 min
+    .venv/bin/python bench/serving.py                 # full run (make bench), ~12 min
     .venv/bin/python bench/serving.py --quick         # ~1 s a scenario
     .venv/bin/python bench/serving.py --pin           # server and generator on separate cores
 
@@ -249,19 +249,25 @@ def bench_model(name: str, work: Path, args, durations: Durations, server_cpus, 
                 pin(processes[target][0].pid, server_cpus)
         for batch, concurrency in scenarios:
             for mode in args.modes:
-                for target, (process, port) in processes.items():
-                    other = OtherLoad(process.pid)
-                    result = asyncio.run(run_load(
-                        f"127.0.0.1:{port}", requests[batch], mode=mode, concurrency=concurrency,
-                        duration_s=durations.measure_s, warmup_s=durations.warmup_s,
-                        rows_per_request=batch))
-                    row = {"model": name, "target": target, "batch": batch, **result.to_dict(),
-                           "other_load_cores": other.cores()}
+                measured: dict[str, list[dict]] = {target: [] for target in processes}
+                for _ in range(args.repeat):
+                    for target, (process, port) in processes.items():
+                        other = OtherLoad(process.pid)
+                        result = asyncio.run(run_load(
+                            f"127.0.0.1:{port}", requests[batch], mode=mode,
+                            concurrency=concurrency, duration_s=durations.measure_s,
+                            warmup_s=durations.warmup_s, rows_per_request=batch))
+                        measured[target].append({**result.to_dict(),
+                                                 "other_load_cores": other.cores()})
+                for target, repeats in measured.items():
+                    row = {"model": name, "target": target, "batch": batch,
+                           **median_of(repeats)}
                     runs.append(row)
-                    print(f"[{name}] {target:15} batch {batch:2} x {concurrency:3} {mode:6} "
-                          f"{result.rows_per_s:9.0f} rows/s  p50 {result.p50_ms:7.2f} ms  "
-                          f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
-                          f"other load {row['other_load_cores']} cores", flush=True)
+                    print(f"[{name}] {target:16} batch {batch:2} x {concurrency:3} {mode:6} "
+                          f"{row['rows_per_s']:9.0f} rows/s  p50 {row['p50_ms']:7.2f} ms  "
+                          f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  "
+                          f"other load {row['other_load_cores']} cores  "
+                          f"(median of {len(repeats)})", flush=True)
     finally:
         for process, _ in processes.values():
             stop(process)
@@ -269,6 +275,25 @@ def bench_model(name: str, work: Path, args, durations: Durations, server_cpus, 
     return {"model": info, "input": {"name": spec.name, "shape": list(sample_shape)},
             "intra_op_threads": threads, "server_args": server_args, "limit": limit,
             "runs": runs}
+
+
+MEDIAN_FIELDS = ("requests_per_s", "rows_per_s", "p50_ms", "p90_ms", "p99_ms")
+
+
+def median_of(repeats: list[dict]) -> dict:
+    """One scenario's figures over its repeats: the median of each rate and latency, the
+    sums of requests and errors, the worst other load, and every repeat's rows/s."""
+    row = dict(repeats[0])
+    for name in MEDIAN_FIELDS:
+        row[name] = float(np.median([r[name] for r in repeats]))
+    row["requests"] = sum(r["requests"] for r in repeats)
+    row["errors"] = sum(r["errors"] for r in repeats)
+    row["error_codes"] = {code: sum(r["error_codes"].get(code, 0) for r in repeats)
+                          for code in {c for r in repeats for c in r["error_codes"]}}
+    row["other_load_cores"] = max(r["other_load_cores"] for r in repeats)
+    row["repeats"] = len(repeats)
+    row["rows_per_s_each"] = [r["rows_per_s"] for r in repeats]
+    return row
 
 
 def add_ratios(runs: list[dict], limit: dict[str, dict]) -> None:
@@ -320,7 +345,9 @@ def markdown(report: dict) -> str:
         + (f"Pinned: server and limit on CPUs {setup['server_cpus']}, load generator on "
            f"{setup['generator_cpus']}." if setup["server_cpus"] else
            "The load generator and the server share these cores (--pin separates them)."),
-        f"{setup['measure_s']} s measured after {setup['warmup_s']} s warm-up per scenario; "
+        f"{setup['measure_s']} s measured after {setup['warmup_s']} s warm-up, "
+        f"{setup.get('repeat', 1)} time(s) per scenario and target, the targets in turn "
+        "(figures: medians); "
         "closed loop, raw FP32 contents, pre-serialised requests (bench/loadgen.py: unary "
         "calls 16 to a connection, streams 64 in flight each).", "",
     ]
@@ -347,10 +374,11 @@ def markdown(report: dict) -> str:
              if r.get("drift_cost") is not None]
     if costs:
         lines += [f"Drift monitor at its default rate (bnserve vs {NO_DRIFT}, same scenario, "
-                  f"one run each): median cost {100 * float(np.median(costs)):+.1f}% over "
+                  f"medians of {report['setup'].get('repeat', 1)}): median cost "
+                  f"{100 * float(np.median(costs)):+.1f}% over "
                   f"{len(costs)} points, from {100 * min(costs):+.0f}% to "
-                  f"{100 * max(costs):+.0f}% (single runs: the machine's own noise is "
-                  "of that order).", ""]
+                  f"{100 * max(costs):+.0f}% (the spread is the shared machine's noise as much "
+                  "as the monitor).", ""]
     lines += ["vs floor: bnserve rows/s / floor rows/s, same scenario. vs limit: rows/s / "
               "in-process rows/s at the same batch. drift cost: 1 - bnserve rows/s / "
               f"{NO_DRIFT} rows/s. other load: cores kept busy by processes "
@@ -407,6 +435,8 @@ def main(argv: list[str] | None = None) -> None:
                         choices=["unary", "stream"])
     parser.add_argument("--targets", nargs="+", default=["bnserve", NO_DRIFT, "floor"],
                         choices=["bnserve", NO_DRIFT, "floor"])
+    parser.add_argument("--repeat", type=int, help="measurements per scenario and target, "
+                        "interleaved; the tables show medians (default 3, --quick 1)")
     parser.add_argument("--pin", action="store_true",
                         help="taskset: server and limit on half the CPUs, generator on the rest")
     parser.add_argument("--intra-op-threads", type=int, default=0,
@@ -417,8 +447,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for serving.{md,json,png}")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
-    durations = Durations(args.duration or (1.0 if args.quick else 4.0),
-                          args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0))
+    durations = Durations(args.duration or (1.0 if args.quick else 2.0),
+                          args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5))
+    args.repeat = args.repeat or (1 if args.quick else 3)
     server_cpus = gen_cpus = None
     if args.pin:
         if not shutil.which("taskset"):
@@ -433,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
                                                              else sys.argv[1:])]),
                   "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "measure_s": durations.measure_s, "warmup_s": durations.warmup_s,
+                  "repeat": args.repeat,
                   "server_cpus": server_cpus, "generator_cpus": gen_cpus,
                   "shared_cores": not args.pin},
         "models": [],
