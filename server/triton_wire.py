@@ -12,6 +12,7 @@ from bnserve.proto.datatypes import BY_NAME
 from bnserve.repository.layout import BACKEND, PLATFORM
 from bnserve.server.errors import InvalidInputError, quoted
 from bnserve.server.model import ServedModel
+from bnserve.server.model_config import EXECUTION_MODE_PARAMETER, SPINNING_PARAMETERS
 from bnserve.server.registry import IndexRow
 from bnserve.server.runtime import CUDA
 from bnserve.server.statistics import Duration
@@ -56,8 +57,21 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
         config.version_policy.specific.versions.extend(policy.versions)
     else:
         config.version_policy.latest.num_versions = policy.num_versions
-    config.parameters["intra_op_thread_count"].string_value = str(settings.intra_op_threads)
-    config.parameters["inter_op_thread_count"].string_value = str(settings.inter_op_threads)
+    # What the session runs with (auto values resolved for the usable cores), under
+    # Triton's onnxruntime parameter names; a test's fake session has only the settings.
+    tuning = getattr(model.session, "tuning", None)
+    parameters = {"intra_op_thread_count": settings.intra_op_threads,
+                  "inter_op_thread_count": settings.inter_op_threads}
+    if tuning is not None:
+        parameters = {
+            "intra_op_thread_count": tuning.intra_op_threads,
+            "inter_op_thread_count": tuning.inter_op_threads,
+            EXECUTION_MODE_PARAMETER: int(tuning.execution_mode == "parallel"),
+            **{name: int(getattr(tuning, f"{pool}_op_spinning"))
+               for name, pool in SPINNING_PARAMETERS.items()},
+        }
+    for name, value in parameters.items():
+        config.parameters[name].string_value = str(value)
     config.parameters["batch_dependent"].string_value = settings.batch_dependent
     return config
 

@@ -197,6 +197,25 @@ async def test_a_loaded_model_logs_its_threads(tmp_path, caplog):
                for r in caplog.records)
 
 
+
+async def test_model_config_reports_the_options_the_session_runs_with(tmp_path):
+    from bnserve.server.triton_wire import model_config
+
+    onnx_graphs.scaled(tmp_path / "m" / "1" / "model.onnx", 1.0)
+    (tmp_path / "m" / "config.pbtxt").write_text(
+        "instance_group [ { count: 2 } ] " + parameters(execution_mode="1"))
+    async with lifecycle(tmp_path) as (_, registry):
+        model = registry.resolve("m")
+        reported = {k: v.string_value for k, v in model_config(model).parameters.items()}
+    tuning = model.session.tuning
+    # "0" intra-op threads in the settings means auto: the config says what auto became.
+    assert reported["intra_op_thread_count"] == str(tuning.intra_op_threads) != "0"
+    assert reported["inter_op_thread_count"] == str(tuning.inter_op_threads)
+    assert reported["execution_mode"] == "1"
+    assert reported["session.intra_op.allow_spinning"] == str(int(tuning.intra_op_spinning))
+    assert reported["session.inter_op.allow_spinning"] == str(int(tuning.inter_op_spinning))
+
+
 # -- IO binding: where it pays, without a GPU --------------------------------------------------
 
 @pytest.mark.parametrize(("providers", "bind"), [
