@@ -135,15 +135,42 @@ def main() -> int:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, batch in zip(axes, results, strict=True):
         local, remote = results[batch]
-        axis.hist(np.array(local) * 1e3, bins=40, alpha=0.7, label="in-process onnxruntime")
-        axis.hist(np.array(remote) * 1e3, bins=40, alpha=0.7, label="bnserve over gRPC")
-        axis.set(title=f"batch {batch}", xlabel="latency (ms)", ylabel="calls")
-        axis.legend()
+        latency_histogram(axis, {"in-process onnxruntime": local, "bnserve over gRPC": remote},
+                          title=f"batch {batch}")
+    figure.suptitle(f"Latency per call, {args.model}: in-process onnxruntime vs bnserve")
     figure.tight_layout()
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.plot, dpi=100)
     print(f"latency histogram: {args.plot}")
     return 0
+
+
+def latency_histogram(axis, series: dict[str, list[float]], *, title: str,
+                      clip_factor: float = 1.5) -> int:
+    """Histograms of call latencies (seconds) in ms on ``axis``, each with its median (solid)
+    and p99 (dashed) line. The axis stops at ``clip_factor`` x the largest p99, so that one
+    outlier cannot squeeze the distributions into a corner; the calls beyond are counted in
+    a note. Returns how many calls were left out."""
+    ms = {label: np.asarray(values) * 1e3 for label, values in series.items()}
+    limit = clip_factor * max(float(np.percentile(v, 99)) for v in ms.values())
+    left_out = 0
+    for (label, values), colour in zip(ms.items(), ("tab:blue", "tab:orange", "tab:green"),
+                                       strict=False):
+        shown = values[values <= limit]
+        left_out += int(values.size - shown.size)
+        median, p99 = float(np.median(values)), float(np.percentile(values, 99))
+        axis.hist(shown, bins=40, range=(0, limit), alpha=0.6, color=colour, label=label)
+        axis.axvline(median, color=colour, linestyle="-",
+                     label=f"{label}: median {median:.2f} ms")
+        axis.axvline(p99, color=colour, linestyle="--", label=f"{label}: p99 {p99:.2f} ms")
+    axis.set(title=title, xlabel="latency (ms)", ylabel="calls", xlim=(0, limit))
+    if left_out:
+        largest = max(float(v.max()) for v in ms.values())
+        axis.text(0.98, 0.6, f"{left_out} call(s) above {limit:.2f} ms not shown\n"
+                  f"(slowest {largest:.2f} ms)", transform=axis.transAxes, ha="right",
+                  fontsize=8)
+    axis.legend(fontsize=7)
+    return left_out
 
 
 if __name__ == "__main__":

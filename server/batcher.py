@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -57,10 +56,6 @@ import numpy as np
 from bnserve.server.errors import ModelNotReadyError, QueueFullError, QueueTimeoutError
 
 log = logging.getLogger(__name__)
-
-# A lone request whose run is expected to take less than this runs on the event loop: the
-# executor hop (a thread wake-up, the GIL handed over twice, the loop woken) costs more.
-INLINE_RUN_S = 200e-6
 
 Tensors = dict[str, np.ndarray]
 RunBatch = Callable[[Tensors], Tensors]
@@ -143,14 +138,6 @@ class DelayEstimate:
         slope = min(max((rows_seconds - rows * seconds) / spread, 0.0), seconds / rows)
         return seconds - slope * rows
 
-    def expected_s(self, rows: int) -> float | None:
-        """A run's expected time at ``rows``, from the fit; None before any run."""
-        fixed = self.fixed_cost_s
-        if fixed is None:
-            return None
-        mean_rows, mean_s = self._runs[0], self._runs[1]
-        return fixed + (mean_s - fixed) / mean_rows * rows if mean_rows else mean_s
-
     def patience_s(self) -> float:
         """How long a batch waits for one more request: the fixed cost a request saves by
         joining, when it is expected sooner than that; else 0 (and 0 until both are known)."""
@@ -213,9 +200,6 @@ class DynamicBatcher:
         self._answered_all = asyncio.Event()
         self.runs = 0  # runtime calls made; tests and metrics read it
         self.estimate = DelayEstimate(longest_gap_s=policy.max_queue_delay_s)
-        # The runtime call alone, timed in its thread (the estimate above also holds the
-        # executor hop and the loop's wake-up): what decides whether a run goes inline.
-        self.compute = DelayEstimate(longest_gap_s=policy.max_queue_delay_s)
 
     @property
     def max_batch_size(self) -> int:
@@ -408,19 +392,6 @@ class DynamicBatcher:
             rows += pending.rows
         return batch
 
-    def _timed_run(self, merged: Tensors) -> tuple[Tensors, float]:
-        """The runtime call, and how long it took in the thread that ran it."""
-        started = time.perf_counter()
-        outputs = self._run_batch(merged)
-        return outputs, time.perf_counter() - started
-
-    def _runs_inline(self, rows: int) -> bool:
-        """Run on the event loop, without the executor hop: only for the one request the
-        model has taken (nothing else waits behind the loop) and only when its run is
-        expected to be shorter than the hop it saves (``INLINE_RUN_S``)."""
-        expected = self.compute.expected_s(rows)
-        return self._unanswered == 1 and expected is not None and expected <= INLINE_RUN_S
-
     @staticmethod
     def _live(batch: Sequence[_Pending]) -> list[_Pending]:
         """The requests of ``batch`` whose callers still wait (a deadline or a cancel may
@@ -475,14 +446,10 @@ class DynamicBatcher:
             else {n: np.concatenate([p.inputs[n] for p in group]) for n in names}
         )
         merged_at = loop.time()
-        if len(group) == 1 and self._runs_inline(group[0].rows):
-            run = loop.create_future()  # the same path as the executor's, without the hop
-            try:
-                run.set_result(self._timed_run(merged))
-            except Exception as exc:  # noqa: BLE001 - answered below like an executor's
-                run.set_exception(exc)
-        else:
-            run = loop.run_in_executor(self._executor, self._timed_run, merged)
+        # Always off the event loop, however short the runs so far: a run that hangs (or
+        # one input that takes long) must never stop health checks, other models and the
+        # shutdown (bench/README.md: "Tried and not kept").
+        run = loop.run_in_executor(self._executor, self._run_batch, merged)
         if len(group) == 1:
             # Nothing retries a lone request: let the run's thread hold its inputs alone, so
             # that a large one is freed there, not on the event loop (freeing 250k strings
@@ -490,7 +457,7 @@ class DynamicBatcher:
             group[0].inputs = {}
         del merged
         try:
-            outputs, compute_s = await run
+            outputs = await run
         except Exception as exc:
             if len(group) > 1:
                 log.warning("batch of %d failed (%s); retrying one by one", len(group), exc)
@@ -501,7 +468,6 @@ class DynamicBatcher:
                 if not group[0].future.done():
                     group[0].future.set_exception(exc)
             return
-        self.compute.ran(sum(p.rows for p in group), compute_s)
         self.runs += 1
         finished = loop.time()
         offset = 0

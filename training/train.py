@@ -276,7 +276,8 @@ def write_run_folder(run_dir: Path, *, model: nn.Module, spec: ModelSpec, statis
         run_dir / CHECKPOINT_FILE,
     )
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_training_curves(history, run_dir / CURVES_FILE, title=title)
+    plot_training_curves(history, run_dir / CURVES_FILE, title=title,
+                         kept_epoch=summary.get("checkpoint_epoch"))
     return metrics
 
 
