@@ -6,7 +6,8 @@
                    --onnxruntime session (threads from the model's settings and the usable
                      cores: bnserve.server.cpu_quota)
                    --plan: config.pbtxt checked against the graph (names, datatypes, dims,
-                     max_batch_size), labels, input formats
+                     max_batch_size), labels, input formats, the valid range of each
+                     integer input that indexes a table (bnserve.server.input_ranges)
                    --batch independence proven on generated inputs (bnserve.server.independence)
                    --warm-up run at the largest batch
                    --drift reference (bnserve.server.drift_reference), if the version has
@@ -40,6 +41,7 @@ from bnserve.server.drift_reference import build_reference
 from bnserve.server.errors import ConfigError, ModelLoadError, quoted
 from bnserve.server.file_checks import read_checked_graph
 from bnserve.server.independence import PROBE_ROWS, check_batch_independence, probe_inputs
+from bnserve.server.input_ranges import input_ranges
 from bnserve.server.model import ServedModel, ServingPlan
 from bnserve.server.model_config import ModelSettings, TensorConfig
 from bnserve.server.repository import VersionOnDisk
@@ -80,6 +82,7 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
     session = OnnxRuntimeSession(directory / MODEL_FILE, device=server.device, tuning=tuning)
     plan = resolve_plan(session.inputs, session.outputs, settings, server, card,
                         directory.parent, name)
+    plan = replace(plan, value_ranges=input_ranges(plan.inputs, graph, card))
     plan = _prove_batch_independence(name, entry.version, session, plan, settings, card)
     _warm_up(session, plan, card)
     monitoring = build_monitoring(f"{name}/{entry.version}", directory, card, graph, session,

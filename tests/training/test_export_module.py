@@ -96,3 +96,36 @@ def test_module_without_running_statistics_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunningStatisticsError, match="no running statistics"):
         export_module(net, RAW[:64], tmp_path / "models", "mine")
     assert not (tmp_path / "models").exists()
+
+
+class TinyTextNet(nn.Module):
+    """A user's text model: Embedding -> mean over tokens -> BatchNorm1d -> Linear."""
+
+    def __init__(self, vocab: int = 20, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.out = nn.Linear(8, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, L) int64
+        return self.out(self.bn(self.embed(tokens).mean(dim=1)))  # (B, classes) logits
+
+
+TOKENS = np.random.default_rng(1).integers(0, 20, size=(128, 6))
+TOPICS = ("sports", "weather", "cooking")
+
+
+@pytest.fixture(scope="module")
+def text_export(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    net = TinyTextNet()
+    with torch.no_grad():
+        for start in range(0, 128, 32):
+            net(torch.from_numpy(TOKENS[start:start + 32]))
+    return export_module(net.eval(), TOKENS[:64], tmp_path_factory.mktemp("models"), "topics",
+                         labels=TOPICS)
+
+
+def test_a_token_id_input_gets_the_range_of_its_embedding_in_the_card(text_export) -> None:
+    assert text_export.card["inputs"] == [{"name": "input", "shape": [-1, 6], "dtype": "int64",
+                                           "datatype": "INT64", "range": [0, 19]}]
