@@ -53,3 +53,11 @@ def text_repository(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("text-models")
     export_run(run_dir, root, "text")
     return root
+
+
+@pytest.fixture(scope="session")
+def topics_export(tmp_path_factory):
+    """A tiny custom text classifier with labels, exported by ``export_module`` (once)."""
+    from support.topics_model import export_topics
+
+    return export_topics(tmp_path_factory.mktemp("topics-models"))

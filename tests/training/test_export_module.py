@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
+from bnserve.repository.graph_metadata import graph_labels
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import RunningStatisticsError, TrainingModeError
 from bnserve.training.export import export_module, format_summary
+from support.topics_model import TOPICS, TOPICS_VOCAB
 
 
 class TinyTabularNet(nn.Module):
@@ -98,34 +103,18 @@ def test_module_without_running_statistics_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "models").exists()
 
 
-class TinyTextNet(nn.Module):
-    """A user's text model: Embedding -> mean over tokens -> BatchNorm1d -> Linear."""
 
-    def __init__(self, vocab: int = 20, classes: int = 3) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, 8)
-        self.bn = nn.BatchNorm1d(8)
-        self.out = nn.Linear(8, classes)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, L) int64
-        return self.out(self.bn(self.embed(tokens).mean(dim=1)))  # (B, classes) logits
+def test_a_token_id_input_gets_the_range_of_its_embedding_in_the_card(topics_export) -> None:
+    assert topics_export.card["inputs"] == [{"name": "input", "shape": [-1, 6],
+                                             "dtype": "int64", "datatype": "INT64",
+                                             "range": [0, TOPICS_VOCAB - 1]}]
 
 
-TOKENS = np.random.default_rng(1).integers(0, 20, size=(128, 6))
-TOPICS = ("sports", "weather", "cooking")
-
-
-@pytest.fixture(scope="module")
-def text_export(tmp_path_factory: pytest.TempPathFactory):
-    torch.manual_seed(0)
-    net = TinyTextNet()
-    with torch.no_grad():
-        for start in range(0, 128, 32):
-            net(torch.from_numpy(TOKENS[start:start + 32]))
-    return export_module(net.eval(), TOKENS[:64], tmp_path_factory.mktemp("models"), "topics",
-                         labels=TOPICS)
-
-
-def test_a_token_id_input_gets_the_range_of_its_embedding_in_the_card(text_export) -> None:
-    assert text_export.card["inputs"] == [{"name": "input", "shape": [-1, 6], "dtype": "int64",
-                                           "datatype": "INT64", "range": [0, 19]}]
+def test_the_labels_are_written_into_the_graph_metadata_too(topics_export) -> None:
+    path = topics_export.path / "model.onnx"
+    assert graph_labels(onnx.load(str(path))) == TOPICS
+    props = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert json.loads(props["bnserve.labels"]) == list(TOPICS)
+    assert topics_export.card["labels"] == list(TOPICS)
+    # The card's digest is the digest of the graph as published, metadata included.
+    assert topics_export.card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
