@@ -19,13 +19,14 @@ from bnserve.client.errors import (
     ServerUnavailableError,
     UnauthenticatedError,
 )
-from bnserve.client.messages import ModelMetadata, RepositoryModel, TensorInfo
+from bnserve.client.messages import ClassScore, ModelMetadata, RepositoryModel, TensorInfo
 from bnserve.client.monitor import DriftPoint, DriftReport, LayerDrift, Recalibration
 from bnserve.client.sync import Client
 
 __all__ = [
     "AsyncClient",
     "BnserveError",
+    "ClassScore",
     "Client",
     "DeadlineExceededError",
     "DriftPoint",

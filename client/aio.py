@@ -27,10 +27,12 @@ from bnserve.client.errors import (
     translate_rpc_errors,
 )
 from bnserve.client.messages import (
+    ClassScore,
     ModelMetadata,
     RepositoryModel,
     StreamItem,
     as_dict,
+    classes_from_output,
     index_from_response,
     infer_request,
     load_request,
@@ -118,9 +120,11 @@ class AsyncClient(ClientBase):
         *,
         version: str = "",
         outputs: Sequence[str] | None = None,
+        classification: int | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
-        request = infer_request(model, inputs, version=version, outputs=outputs)
+        request = infer_request(model, inputs, version=version, outputs=outputs,
+                                classification=classification)
         return outputs_from_response(await self._call("ModelInfer", request, timeout))
 
     async def predict(
@@ -132,6 +136,27 @@ class AsyncClient(ClientBase):
         batch_size: int | None = None,
         timeout: float | None = None,
     ) -> np.ndarray:
+        return await self._predict(model, array, version, batch_size, timeout, None)
+
+    async def classify(
+        self,
+        model: str,
+        array: ArrayLike,
+        *,
+        top: int = 1,
+        version: str = "",
+        batch_size: int | None = None,
+        timeout: float | None = None,
+    ) -> list[list[ClassScore]]:
+        """Each row's ``top`` classes, best first, with the labels the server holds for
+        them: ``predict``'s request with Triton's classification extension on the model's
+        first output (the server ranks; ``ClassScore.label`` is "" where it has none)."""
+        answer = await self._predict(model, array, version, batch_size, timeout, top)
+        return classes_from_output(answer)
+
+    async def _predict(self, model: str, array: ArrayLike, version: str,
+                       batch_size: int | None, timeout: float | None,
+                       classification: int | None) -> np.ndarray:
         deadline = self._deadline(timeout)  # one budget for the metadata and every chunk
         meta = self._metadata_cache.get((model, version)) or await self.metadata(
             model, version=version, timeout=self._left(deadline)
@@ -141,7 +166,7 @@ class AsyncClient(ClientBase):
         for chunk in chunks:
             result = await self.infer(
                 model, {input_name: chunk}, version=version, outputs=[output_name],
-                timeout=self._left(deadline),
+                classification=classification, timeout=self._left(deadline),
             )
             parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

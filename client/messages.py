@@ -16,7 +16,7 @@ from bnserve.client.errors import ServerError, error_from_stream
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.tensors import datatype_of, decode_contents, decode_raw, dtype_of, encode_raw
 
-__all__ = ["ModelMetadata", "RepositoryModel", "TensorInfo"]
+__all__ = ["ClassScore", "ModelMetadata", "RepositoryModel", "TensorInfo"]
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,53 @@ def infer_request(
     version: str = "",
     outputs: Sequence[str] | None = None,
     request_id: str = "",
+    classification: int | None = None,
 ) -> pb.ModelInferRequest:
-    """Inputs go as raw contents: the compact encoding, and the one every server accepts."""
+    """Inputs go as raw contents: the compact encoding, and the one every server accepts.
+    ``classification``: each named output is asked for as its top K classes (Triton's
+    classification extension)."""
     request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     for name, value in inputs.items():
         array = np.asarray(value)
         request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
         request.raw_input_contents.append(encode_raw(array))
     for name in outputs or ():
-        request.outputs.add(name=name)
+        output = request.outputs.add(name=name)
+        if classification is not None:
+            output.parameters["classification"].int64_param = classification
     return request
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One of a row's top classes, as the classification extension answers it."""
+
+    index: int
+    score: float
+    label: str = ""  # "" when the server has no label for the class
+
+
+def classes_from_output(array: np.ndarray) -> list[list[ClassScore]]:
+    """Rows of ``"score:index"`` or ``"score:index:label"`` BYTES (the classification
+    extension's answer) as rows of ClassScore, best first."""
+    if array.dtype != object or array.ndim != 2:
+        raise ServerError(grpc.StatusCode.UNKNOWN,
+                          f"the server answered {array.dtype} {list(array.shape)} where the "
+                          "classification extension gives rows of BYTES; it may not implement it")
+    rows = []
+    for row in array:
+        classes = []
+        for item in row:
+            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+            score, _, rest = text.partition(":")
+            index, _, label = rest.partition(":")
+            try:
+                classes.append(ClassScore(int(index), float(score), label))
+            except ValueError:
+                raise ServerError(grpc.StatusCode.UNKNOWN, "the server answered a class "
+                                  f"{text[:64]!r}, not 'score:index[:label]'") from None
+        rows.append(classes)
+    return rows
 
 
 def outputs_from_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:

@@ -9,9 +9,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bnserve.client.channels import DEFAULT_ADDRESS
 from bnserve.client.security_cli import add_security_flags, security_options
+
+if TYPE_CHECKING:
+    from bnserve.client import ClassScore, Client
 
 DEFAULT_PORT = 8001  # bnserve serve's default, when BNSERVE_PORT is unset
 
@@ -20,9 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser(
         "predict",
         help="send a .npy array to a served model and print or save its output",
-        description="Send the array in --input (a .npy file) to --model and print the output "
-        "and, for 2-D outputs, the index of the largest value per row; --output saves it "
-        "as .npy. Arrays longer than --batch-size rows go as several requests.",
+        description="Send the array in --input (a .npy file) to --model and print the output; "
+        "--output saves it as .npy. For a model answering one row of class scores per input "
+        "row, it prints each row's top --classes classes by label instead (the server ranks "
+        "them: Triton's classification extension, whose labels come from the model card, the "
+        "graph's metadata or the config's label_filename), then the index of the best per row. "
+        "Arrays longer than --batch-size rows go as several requests.",
     )
     predict.add_argument("--model", required=True, help="model name")
     predict.add_argument("--input", required=True, help=".npy file with the input batch")
@@ -34,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="seconds for the whole call (default 30)")
     predict.add_argument("--batch-size", type=int, default=64,
                          help="rows per request (default 64, the server's default limit)")
+    predict.add_argument("--classes", type=int, default=1, metavar="K",
+                         help="top classes to print per row, by label (default 1); 0 prints "
+                         "the output array instead")
     add_security_flags(predict)
     predict.set_defaults(handler=run_predict, extra=None)
 
@@ -77,6 +87,11 @@ def run_predict(args: argparse.Namespace) -> int:
         return 1
     try:
         with Client(args.address or [DEFAULT_ADDRESS], timeout=args.timeout, **options) as client:
+            if not args.output and args.classes > 0 and _ranks_classes(client, args):
+                classes = client.classify(args.model, array, top=args.classes,
+                                          version=args.version, batch_size=args.batch_size)
+                print_classes(classes)
+                return 0
             result = client.predict(args.model, array, version=args.version,
                                     batch_size=args.batch_size)
     except BnserveError as exc:
@@ -91,6 +106,24 @@ def run_predict(args: argparse.Namespace) -> int:
         if result.ndim == 2:
             print("argmax per row:", result.argmax(axis=1).tolist())
     return 0
+
+
+def _ranks_classes(client: Client, args: argparse.Namespace) -> bool:
+    """Whether the server can rank the model's output into labelled classes: it announces
+    the classification extension and the first output is one axis of scores per row."""
+    if "classification" not in client.server_metadata()["extensions"]:
+        return False
+    output = client.metadata(args.model, version=args.version).outputs[0]
+    return len(output.shape) == 2 and output.datatype not in ("BYTES", "BOOL")
+
+
+def print_classes(rows: list[list[ClassScore]]) -> None:
+    """``row 0: cat 0.9312 | dog 0.0511`` per row (the class index when a class has no
+    label), then the best class index of each row."""
+    for number, classes in enumerate(rows):
+        print(f"row {number}: " + " | ".join(f"{c.label or c.index} {c.score:.4f}"
+                                              for c in classes))
+    print("argmax per row:", [classes[0].index for classes in rows if classes])
 
 
 @dataclass(frozen=True)

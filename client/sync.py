@@ -17,10 +17,12 @@ from bnserve.client.errors import (
     translate_rpc_errors,
 )
 from bnserve.client.messages import (
+    ClassScore,
     ModelMetadata,
     RepositoryModel,
     StreamItem,
     as_dict,
+    classes_from_output,
     index_from_response,
     infer_request,
     load_request,
@@ -113,10 +115,14 @@ class Client(ClientBase):
         *,
         version: str = "",
         outputs: Sequence[str] | None = None,
+        classification: int | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Send named arrays as they are (no casting); get every (or the named) output."""
-        request = infer_request(model, inputs, version=version, outputs=outputs)
+        """Send named arrays as they are (no casting); get every (or the named) output.
+        ``classification``: each named output comes back as its top K classes per row,
+        BYTES ``"score:index:label"`` (Triton's classification extension)."""
+        request = infer_request(model, inputs, version=version, outputs=outputs,
+                                classification=classification)
         return outputs_from_response(self._call("ModelInfer", request, timeout))
 
     def predict(
@@ -134,6 +140,26 @@ class Client(ClientBase):
         refuse a request above their batch limit); the answers are concatenated in order.
         ``timeout`` bounds the whole call, every request of it together.
         """
+        return self._predict(model, array, version, batch_size, timeout, None)
+
+    def classify(
+        self,
+        model: str,
+        array: ArrayLike,
+        *,
+        top: int = 1,
+        version: str = "",
+        batch_size: int | None = None,
+        timeout: float | None = None,
+    ) -> list[list[ClassScore]]:
+        """Each row's ``top`` classes, best first, with the labels the server holds for
+        them: ``predict``'s request with Triton's classification extension on the model's
+        first output (the server ranks; ``ClassScore.label`` is "" where it has none)."""
+        answer = self._predict(model, array, version, batch_size, timeout, top)
+        return classes_from_output(answer)
+
+    def _predict(self, model: str, array: ArrayLike, version: str, batch_size: int | None,
+                 timeout: float | None, classification: int | None) -> np.ndarray:
         deadline = self._deadline(timeout)  # one budget for the metadata and every chunk
         meta = self._metadata_cache.get((model, version)) or self.metadata(
             model, version=version, timeout=self._left(deadline)
@@ -143,7 +169,7 @@ class Client(ClientBase):
         for chunk in chunks:
             result = self.infer(
                 model, {input_name: chunk}, version=version, outputs=[output_name],
-                timeout=self._left(deadline),
+                classification=classification, timeout=self._left(deadline),
             )
             parts.append(result[output_name])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -19,7 +19,10 @@
 - ``standardization``: the exporter's ``(input - mean) / std`` in front of the graph,
   found and re-estimated like BatchNorm's statistics.
 - ``graph``: walks of an ONNX graph both sides need (BatchNormalization nodes, external
-  data locations, tensor signatures); imports onnx, so only server and training use it.
+  data locations, tensor signatures, the tables token ids index); imports onnx, so only
+  server and training use it.
+- ``graph_metadata``: what the exporter writes into the graph's own metadata (the class
+  labels), for a graph served without its card.
 
 Both ``bnserve.server`` and ``bnserve.training`` import this package; neither defines any
 of it again.

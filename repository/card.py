@@ -110,7 +110,7 @@ class ModelCard:
         if not isinstance(schema, int) or isinstance(schema, bool) or schema > SCHEMA_VERSION:
             raise CardError(f"schema_version must be an integer up to {SCHEMA_VERSION}")
         card = cls(
-            labels=_labels(data.get("labels", [])),
+            labels=parse_labels(data.get("labels", [])),
             inputs=_signatures(data.get("inputs", []), "inputs"),
             outputs=_signatures(data.get("outputs", []), "outputs"),
             input_statistics=_statistics(data.get("input_statistics")),
@@ -209,7 +209,9 @@ def _optional(value: Any, kind: type, name: str) -> Any:
     return value
 
 
-def _labels(value: Any) -> tuple[str, ...]:
+def parse_labels(value: Any) -> tuple[str, ...]:
+    """Class labels as the card holds them (also read from the graph's metadata:
+    ``bnserve.repository.graph_metadata``); CardError unless a list of short strings."""
     if not isinstance(value, list) or len(value) > MAX_LABELS or not all(
         isinstance(v, str) and len(v) <= MAX_LABEL_CHARS for v in value
     ):

@@ -7,6 +7,9 @@
 - ``external_data_locations``: every file a graph's tensors name as external data, so the
   server can check them before onnxruntime opens any.
 - ``tensor_signature``: a graph input or output as the model card describes it.
+- ``index_input_bounds``: the integer graph inputs that index a table (an embedding's
+  Gather), and the table's size: the exporter records it as the input's range in the card,
+  the server refuses ids outside it (ONNX's Gather would wrap a negative id silently).
 """
 
 from __future__ import annotations
@@ -118,6 +121,41 @@ def tensor_signature(value: onnx.ValueInfoProto) -> TensorSignature:
         raise ValueError(f"tensor {value.name!r} has an element type bnserve cannot serve")
     shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
     return TensorSignature(value.name, datatype.name, shape)
+
+
+# Ops that pass integer values through unchanged, between a graph input and its Gather.
+_VALUE_PRESERVING = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def index_input_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Integer graph input -> the size of the smallest table it indexes: the first (axis)
+    dimension of the initializer a Gather looks it up in, directly or through reshapes and
+    casts. An input feeding no such Gather is absent. The main graph only."""
+    graph = model.graph
+    integer = {v.name for v in graph.input
+               if v.type.tensor_type.elem_type in _INTEGER_TYPES}
+    tables = {t.name: tuple(t.dims) for t in graph.initializer}
+    origin = {name: name for name in integer}  # tensor -> the input its values are
+    bounds: dict[str, int] = {}
+    for node in graph.node:  # topologically sorted, as ONNX requires
+        if node.op_type in _VALUE_PRESERVING and node.domain in ("", "ai.onnx") \
+                and node.input and node.input[0] in origin:
+            for output in node.output[:1]:
+                origin[output] = origin[node.input[0]]
+        elif (node.op_type == "Gather" and node.domain in ("", "ai.onnx")
+              and len(node.input) == 2 and node.input[1] in origin
+              and node.input[0] in tables):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            dims = tables[node.input[0]]
+            if -len(dims) <= axis < len(dims):
+                name = origin[node.input[1]]
+                bounds[name] = min(bounds.get(name, dims[axis]), dims[axis])
+    return bounds
+
+
+_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+                  onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                  onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
 
 
 class InitializerCopies:

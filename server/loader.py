@@ -2,11 +2,13 @@
 
     version folder --file_checks: model.onnx and external data are plain files inside it
                    --graph: no BatchNormalization in training mode
-                   --model card (metadata.json), if any, well-formed
+                   --model card (metadata.json), if any, well-formed; the labels in the
+                     graph's metadata (bnserve.labels), if any, well-formed
                    --onnxruntime session (threads from the model's settings and the usable
                      cores: bnserve.server.cpu_quota)
                    --plan: config.pbtxt checked against the graph (names, datatypes, dims,
-                     max_batch_size), labels, input formats
+                     max_batch_size), labels, input formats, the valid range of each
+                     integer input that indexes a table (bnserve.server.input_ranges)
                    --batch independence proven on generated inputs (bnserve.server.independence)
                    --warm-up run at the largest batch
                    --drift reference (bnserve.server.drift_reference), if the version has
@@ -32,6 +34,7 @@ import onnx
 
 from bnserve.repository.card import CardError, ModelCard, read_card
 from bnserve.repository.graph import training_mode_batchnorms
+from bnserve.repository.graph_metadata import graph_labels as read_graph_labels
 from bnserve.repository.layout import MODEL_FILE, model_name_problem
 from bnserve.server.capture import InputCapture
 from bnserve.server.cpu_quota import CpuBudget, cpu_budget, plan_threads
@@ -40,6 +43,7 @@ from bnserve.server.drift_reference import build_reference
 from bnserve.server.errors import ConfigError, ModelLoadError, quoted
 from bnserve.server.file_checks import read_checked_graph
 from bnserve.server.independence import PROBE_ROWS, check_batch_independence, probe_inputs
+from bnserve.server.input_ranges import input_ranges
 from bnserve.server.model import ServedModel, ServingPlan
 from bnserve.server.model_config import ModelSettings, TensorConfig
 from bnserve.server.repository import VersionOnDisk
@@ -71,6 +75,10 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
         raise ModelLoadError(f"metadata.json is not a valid model card: {exc}") from None
     except OSError as exc:
         raise ModelLoadError("metadata.json cannot be read", f"{directory}: {exc}") from None
+    try:
+        graph_labels = read_graph_labels(graph)
+    except CardError as exc:
+        raise ModelLoadError(str(exc)) from None
     tuning = session_tuning(settings, process_cpu_budget())
     log.info("model %r version %d: %d instance(s), %d intra-op thread(s) each, inter-op %d, "
              "%s execution, graph optimization %s, spinning intra %s / inter %s",
@@ -79,7 +87,8 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
              _on(tuning.intra_op_spinning), _on(tuning.inter_op_spinning))
     session = OnnxRuntimeSession(directory / MODEL_FILE, device=server.device, tuning=tuning)
     plan = resolve_plan(session.inputs, session.outputs, settings, server, card,
-                        directory.parent, name)
+                        directory.parent, name, graph_labels=graph_labels)
+    plan = replace(plan, value_ranges=input_ranges(plan.inputs, graph, card))
     plan = _prove_batch_independence(name, entry.version, session, plan, settings, card)
     _warm_up(session, plan, card)
     monitoring = build_monitoring(f"{name}/{entry.version}", directory, card, graph, session,
@@ -173,8 +182,10 @@ def build_monitoring(label: str, directory: Path, card: ModelCard | None,
 
 def resolve_plan(graph_inputs: list[TensorSpec], graph_outputs: list[TensorSpec],
                  settings: ModelSettings, server: ServerSettings, card: ModelCard | None,
-                 model_dir: Path, name: str) -> ServingPlan:
-    """How the version is served: the graph's tensors, specialised and checked by the config."""
+                 model_dir: Path, name: str, *, graph_labels: tuple[str, ...] = ()
+                 ) -> ServingPlan:
+    """How the version is served: the graph's tensors, specialised and checked by the config.
+    ``graph_labels``: the class labels in the graph's metadata (``bnserve.labels``)."""
     where = settings.source
     free_batch = [s for s in graph_inputs + graph_outputs if s.shape[:1] != (-1,)]
     if settings.max_batch_size is None:  # not configured: batch when the graph allows it
@@ -195,7 +206,7 @@ def resolve_plan(graph_inputs: list[TensorSpec], graph_outputs: list[TensorSpec]
     if not settings.inputs and card and card.extra.get("model", {}).get("kind") == "cnn":
         # bnserve's image models take (N, C, H, W): say so, as Triton's image clients expect.
         formats = {s.name: "FORMAT_NCHW" for s in inputs if len(s.shape) == 4}
-    labels = _labels(outputs, settings.outputs, card, model_dir, max_batch)
+    labels = _labels(outputs, settings.outputs, card, graph_labels, model_dir, max_batch)
     return ServingPlan(tuple(inputs), tuple(outputs), max_batch, batching, formats, labels)
 
 
@@ -240,16 +251,20 @@ def _apply(graph: list[TensorSpec], declared: tuple[TensorConfig, ...], kind: st
 
 
 def _labels(outputs: list[TensorSpec], declared: tuple[TensorConfig, ...],
-            card: ModelCard | None, model_dir: Path, max_batch: int) -> dict[str, tuple[str, ...]]:
+            card: ModelCard | None, graph_labels: tuple[str, ...], model_dir: Path,
+            max_batch: int) -> dict[str, tuple[str, ...]]:
+    """Output -> class labels: the config's label_filename, else the card's labels, else
+    the graph's own (its metadata), for an output with one axis of that many classes."""
     labels = {}
     files = {c.name: c.label_filename for c in declared if c.label_filename}
+    found = card.labels if card and card.labels else graph_labels
     for spec in outputs:
         if spec.name in files:
             labels[spec.name] = _read_labels(model_dir, files[spec.name])
-        elif card and card.labels:
+        elif found:
             classes = spec.shape[1:] if max_batch > 0 else spec.shape
-            if len(classes) == 1 and classes[0] == len(card.labels):
-                labels[spec.name] = card.labels
+            if len(classes) == 1 and classes[0] == len(found):
+                labels[spec.name] = found
     return labels
 
 

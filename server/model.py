@@ -21,6 +21,7 @@ from bnserve.server.batcher import BatchPolicy, BatchRecord, DynamicBatcher, Ten
 from bnserve.server.classification import top_k
 from bnserve.server.errors import InvalidInputError, quoted
 from bnserve.server.independence import IndependenceResult
+from bnserve.server.input_ranges import check_ranges
 from bnserve.server.model_config import ModelSettings
 from bnserve.server.runtime import TensorSpec
 from bnserve.server.sampling import Monitoring
@@ -50,6 +51,8 @@ class ServingPlan:
     batching: bool  # requests are merged into one run
     input_formats: dict[str, str] = field(default_factory=dict)  # FORMAT_NONE/NCHW/NHWC
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)  # output -> class labels
+    # integer input -> lowest and highest valid value (token ids; bnserve.server.input_ranges)
+    value_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     independence: IndependenceResult | None = None
 
 
@@ -232,9 +235,11 @@ class ServedModel:
                            for name, array in inputs.items()}, outputs)
         return self.runtime_inputs(inputs), rows
 
-    @staticmethod
-    def runtime_inputs(inputs: Tensors) -> Tensors:
-        """The inputs as the runtime takes them (BYTES as str), without the checks."""
+    def runtime_inputs(self, inputs: Tensors) -> Tensors:
+        """The decoded inputs as the runtime takes them (BYTES as str), their values
+        checked: InvalidInputError for an integer input outside its valid range (a token
+        id outside the vocabulary). The headers' checks are ``check``'s."""
+        check_ranges(inputs, self.plan.value_ranges)
         return {name: _runtime_form(array, name) for name, array in inputs.items()}
 
     def reserve(self) -> Ticket:

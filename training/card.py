@@ -20,7 +20,7 @@ import onnxruntime
 import torch
 
 from bnserve.repository.card import ModelCard, StoredStatistics
-from bnserve.repository.graph import tensor_signature
+from bnserve.repository.graph import index_input_bounds, tensor_signature
 from bnserve.training.checkpoint import Checkpoint
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.verify import VerificationReport
@@ -45,7 +45,8 @@ def build_model_card(*, name: str, version: int, onnx_path: Path, report: Verifi
 
     A zoo model's card comes from its ``checkpoint``; a user's own module (``export_module``)
     passes ``model`` ({"kind", "norm", "spec"}), ``dataset``, ``labels``, ``statistics`` and
-    ``metrics`` instead. ``input_range``: the valid values of an integer input (token ids).
+    ``metrics`` instead. ``input_range``: the valid values of an integer input (token ids);
+    by default those of the table it indexes in the graph (an embedding's rows), if any.
     ``extra`` adds keys (folded-vs-unfolded figures, ``latency``). The schema is
     ``bnserve.repository.card.ModelCard``; this fills it.
     """
@@ -60,9 +61,14 @@ def build_model_card(*, name: str, version: int, onnx_path: Path, report: Verifi
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     standardized = statistics is not None and not statistics.is_identity
     inputs = [tensor_signature(v) for v in graph.graph.input]
-    if input_range is not None:
-        inputs = [replace(t, value_range=input_range) if t.datatype.startswith(("INT", "UINT"))
-                  else t for t in inputs]
+    tables = index_input_bounds(graph)  # integer input -> rows of the table it indexes
+    for index, tensor in enumerate(inputs):
+        if not tensor.datatype.startswith(("INT", "UINT")):
+            continue
+        if input_range is not None:
+            inputs[index] = replace(tensor, value_range=input_range)
+        elif tensor.name in tables:
+            inputs[index] = replace(tensor, value_range=(0, tables[tensor.name] - 1))
     card = ModelCard(
         name=name,
         version=version,

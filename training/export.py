@@ -6,6 +6,7 @@
                --verify_onnx_export--> fails loudly, nothing published
                [--report: onnxruntime latency of folded, unfolded and no-BN graphs]
                --stage_version--> REPOSITORY/NAME/<version>/{model.onnx, metadata.json}
+                  (the class labels also in model.onnx's metadata_props, bnserve.labels)
 
 Two entry points share that path: ``export_run`` for a zoo run folder, and
 ``export_module`` for a user's own module::
@@ -44,6 +45,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnserve.repository.graph import batchnorm_nodes
+from bnserve.repository.graph_metadata import set_graph_labels
 from bnserve.repository.layout import (
     METADATA_FILE,
     MODEL_FILE,
@@ -250,6 +252,7 @@ class _Source:
     card_args: dict[str, Any]  # build_model_card's description of the model
     checkpoint_file: Path | None  # copied into the version folder when given
     held_out: np.ndarray | None = None  # clean rows never trained on: the drift threshold
+    labels: tuple[str, ...] = ()  # class names, written into the graph's metadata too
 
 
 def export_run(run_dir: Path | str, repository: Path | str, name: str,
@@ -272,7 +275,8 @@ def export_run(run_dir: Path | str, repository: Path | str, name: str,
     no_bn = InferenceModel(build_model(replace(ckpt.spec, norm="none")), ckpt.statistics)
     source = _Source(model=model, no_bn_model=no_bn.eval(), samples=ckpt.samples,
                      num_classes=ckpt.spec.num_classes, card_args={"checkpoint": ckpt},
-                     checkpoint_file=Path(run_dir) / CHECKPOINT_FILE, held_out=ckpt.held_out)
+                     checkpoint_file=Path(run_dir) / CHECKPOINT_FILE, held_out=ckpt.held_out,
+                     labels=tuple(ckpt.labels))
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
 
@@ -330,7 +334,8 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
                  "dataset": dataset, "labels": labels, "statistics": input_statistics,
                  "metrics": metrics}
     source = _Source(model=model, no_bn_model=no_bn, samples=samples, num_classes=num_classes,
-                     card_args=card_args, checkpoint_file=None, held_out=held_out)
+                     card_args=card_args, checkpoint_file=None, held_out=held_out,
+                     labels=labels)
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
 
@@ -378,6 +383,7 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
         with stage_version(repository, name, version) as staged:
             staged_onnx = staged.path / MODEL_FILE
             shutil.copyfile(onnx_path, staged_onnx)
+            _write_graph_labels(staged_onnx, source.labels)  # before the card's sha256
             reference = _write_reference(staged.path, graphs["unfolded"], fold=fold,
                                          held_out=source.held_out)
             if source.checkpoint_file is not None:
@@ -401,6 +407,16 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
                 staged.final_path, seconds)
     return ExportResult(name=name, version=staged.version, path=staged.final_path,
                         report=verification, card=card, seconds=seconds)
+
+
+def _write_graph_labels(path: Path, labels: tuple[str, ...]) -> None:
+    """The class labels into the served graph's metadata_props (``bnserve.labels``), so the
+    graph names its classes without its card (``bnserve.repository.graph_metadata``)."""
+    if not labels:
+        return
+    model = onnx.load(str(path))
+    set_graph_labels(model, labels)
+    onnx.save(model, str(path))
 
 
 def _write_reference(version_dir: Path, unfolded: Path, *, fold: bool,

@@ -248,7 +248,11 @@ BAD_REQUESTS = {
     ),
     "token id outside the vocabulary": (
         raw_request("lookup", ids=np.array([[1, 99]], np.int64)),
-        grpc.StatusCode.INVALID_ARGUMENT, "the model rejected the input",
+        grpc.StatusCode.INVALID_ARGUMENT, "input 'ids': value 99 is outside the valid range [0, 5)",
+    ),
+    "negative token id (Gather would wrap it)": (
+        raw_request("lookup", ids=np.array([[-1, 1]], np.int64)),
+        grpc.StatusCode.INVALID_ARGUMENT, "input 'ids': value -1 is outside the valid range [0, 5)",
     ),
     "BYTES that are not UTF-8 text": (
         raw_request("id_bytes", x=np.array([[b"ok", b"\xff", b""]], dtype=object)),

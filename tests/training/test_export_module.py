@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
+from bnserve.repository.graph_metadata import graph_labels
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import RunningStatisticsError, TrainingModeError
 from bnserve.training.export import export_module, format_summary
+from support.topics_model import TOPICS, TOPICS_VOCAB
 
 
 class TinyTabularNet(nn.Module):
@@ -96,3 +101,20 @@ def test_module_without_running_statistics_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunningStatisticsError, match="no running statistics"):
         export_module(net, RAW[:64], tmp_path / "models", "mine")
     assert not (tmp_path / "models").exists()
+
+
+
+def test_a_token_id_input_gets_the_range_of_its_embedding_in_the_card(topics_export) -> None:
+    assert topics_export.card["inputs"] == [{"name": "input", "shape": [-1, 6],
+                                             "dtype": "int64", "datatype": "INT64",
+                                             "range": [0, TOPICS_VOCAB - 1]}]
+
+
+def test_the_labels_are_written_into_the_graph_metadata_too(topics_export) -> None:
+    path = topics_export.path / "model.onnx"
+    assert graph_labels(onnx.load(str(path))) == TOPICS
+    props = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert json.loads(props["bnserve.labels"]) == list(TOPICS)
+    assert topics_export.card["labels"] == list(TOPICS)
+    # The card's digest is the digest of the graph as published, metadata included.
+    assert topics_export.card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
