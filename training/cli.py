@@ -346,16 +346,16 @@ def run_train(args: argparse.Namespace) -> int:
               "bnserve.training.distributed` for data-parallel training", file=sys.stderr)
         return 1
 
-    from bnserve.training.checkpoint import load_training_state
-    from bnserve.training.train import train
-
     with user_errors(*USER_ERRORS):
+        if not args.resume:
+            config = config_from_args(args)
+            _check_data(config)  # before torch is imported: a wrong file is named at once
+        from bnserve.training.checkpoint import load_training_state
+        from bnserve.training.train import train
+
         if args.resume:
             config = TrainConfig.from_dict(load_training_state(args.run_dir)["config"])
             config = replace(config, num_threads=args.threads)
-        else:
-            config = config_from_args(args)
-            _check_data_splits(config)
         result = train(config, args.run_dir, resume=args.resume)
     metrics = result.metrics
     final = metrics["final"]
@@ -369,10 +369,11 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_data_splits(config: TrainConfig) -> None:
-    """A user's --data can be too small for the train/validation split; say so before torch
-    starts. (The registered datasets never are.) This belongs beside ``split_dataset`` in
-    train.py; it is here while that module is being changed for another issue."""
+def _check_data(config: TrainConfig) -> None:
+    """A user's --data: that it is an .npz archive and that its ``y`` is large enough for the
+    train/validation split (the registered datasets always are), in a moment, with numpy
+    alone. The split rule belongs beside ``split_dataset`` in train.py; it is checked here
+    while that module is being changed for another issue."""
     if config.data:
         from bnserve.training.datasets import check_npz_splits
 
@@ -435,11 +436,11 @@ def run_recalibration_report(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from bnserve.training.export import export_run, format_summary
-
-    if not args.run_dir.is_dir():
+    if not args.run_dir.is_dir():  # said before torch is imported
         raise UserError(f"--run-dir {args.run_dir}: no such folder; expected a run folder "
                         "written by `bnserve train --run-dir` (with checkpoint.pt)")
+    from bnserve.training.export import export_run, format_summary
+
     with user_errors(*USER_ERRORS, note=NOTHING_WRITTEN):
         result = export_run(args.run_dir, args.repository, args.name, args.version,
                             fold=not args.no_fold, report=args.report,
@@ -451,8 +452,6 @@ def run_export(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from bnserve.training.compare import compare_batchnorm
-
     config = replace(
         DEFAULTS, model=args.model,
         dataset=args.dataset or DEFAULT_DATASETS.get(args.model, DEFAULTS.dataset),
@@ -461,7 +460,9 @@ def run_compare(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     with user_errors(*USER_ERRORS):
-        _check_data_splits(config)
+        _check_data(config)
+        from bnserve.training.compare import compare_batchnorm
+
         result = compare_batchnorm(config, args.out, seeds=args.seeds, lrs=args.lrs,
                                    target_accuracy=args.target)
     print(result.table)

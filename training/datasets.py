@@ -160,9 +160,9 @@ NPY_MAGIC = b"\x93NUMPY"
 NPZ_EXPECTED = "expected an .npz archive with arrays x and y (np.savez(path, x=x, y=y))"
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the .npz file at ``path``; ``DatasetError`` saying what the file is
-    instead (missing, a folder, a single .npy array, object arrays, not an archive)."""
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """The .npz archive at ``path``, its arrays not yet read; ``DatasetError`` saying what
+    the file is instead (missing, a folder, a single .npy array, not an archive)."""
     if not path.exists():
         raise DatasetError(f"cannot read {path}: no such file; {NPZ_EXPECTED}")
     if path.is_dir():
@@ -174,12 +174,24 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             raise DatasetError(f"cannot read {path}: a single .npy array; {NPZ_EXPECTED}")
         if not magic.startswith(ZIP_MAGIC):  # np.load would try to unpickle it, and say so
             raise DatasetError(f"cannot read {path}: not an .npz archive; {NPZ_EXPECTED}")
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        return np.load(path, allow_pickle=False)
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}; {NPZ_EXPECTED}") from exc
-    except ValueError as exc:  # a damaged archive, or object arrays (they would unpickle)
+    except ValueError as exc:  # a damaged archive
         raise DatasetError(f"cannot read {path}: {exc}; {NPZ_EXPECTED}") from exc
+
+
+def read_npz_array(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return data[key]
+    except (OSError, ValueError) as exc:  # a damaged member, or object arrays (they would unpickle)
+        raise DatasetError(f"cannot read {path}: array {key!r}: {exc}; {NPZ_EXPECTED}") from exc
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz file at ``path`` (``DatasetError`` as ``open_npz``)."""
+    with open_npz(path) as data:
+        return {key: read_npz_array(data, key, path) for key in data.files}
 
 
 def rows_for_split(num_classes: int, val_fraction: float) -> int:
@@ -193,17 +205,15 @@ def rows_for_split(num_classes: int, val_fraction: float) -> int:
 
 
 def check_npz_splits(path: Path | str, val_fraction: float) -> None:
-    """``DatasetError`` when the ``y`` of a user's .npz is too small to split, naming the
-    number of rows needed. Only ``y`` is read (an .npz member loads on its own); a file that
-    cannot be read is left to ``load_npz``, which says what is wrong with it."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile) or "y" not in loaded.files:
-            return
-        with loaded as data:
-            y = data["y"]
-    except (OSError, ValueError):
-        return
+    """``DatasetError`` when a user's .npz cannot be read or its ``y`` is too small for the
+    train/validation split (naming the rows needed). Only ``y`` is read (an .npz member loads
+    on its own), so this runs in a moment, before training imports torch; the rest of the
+    file is ``load_npz``'s to check."""
+    path = Path(path)
+    with open_npz(path) as data:
+        if "y" not in data.files:
+            return  # load_npz names what is missing
+        y = read_npz_array(data, "y", path)
     if y.ndim != 1:
         return
     classes, counts = np.unique(y, return_counts=True)
