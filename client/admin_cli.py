@@ -10,7 +10,6 @@ The token is read from a file, never taken on the command line (where ``ps`` sho
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bnserve.client.channels import DEFAULT_ADDRESS
 from bnserve.client.security_cli import add_security_flags, security_options
@@ -43,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bnserve.cli.errors import UserError, file_problem
     from bnserve.client import BnserveError, Client
+    from bnserve.client.call_errors import explain_call_error
 
     token = None
     try:
@@ -56,11 +57,9 @@ def run(args: argparse.Namespace) -> int:
                 config = handle.read()
         options = security_options(args)
     except ValueError as exc:
-        print(f"bnserve repository: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(str(exc)) from exc
     except OSError as exc:
-        print(f"bnserve repository: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise UserError(file_problem(exc, "read")) from exc
     try:
         with Client(args.address, timeout=args.timeout, admin_token=token, **options) as client:
             if args.action == "index":
@@ -79,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 client.unload_model(args.model)
                 print(f"unloaded {args.model}")
     except BnserveError as exc:
-        print(f"bnserve repository {args.action}: {exc}", file=sys.stderr)
-        return 1
+        # The model is a positional name here, not --model: the server's message names it.
+        raise UserError(explain_call_error(exc, address=args.address, timeout=args.timeout,
+                                           token_flag="--admin-token-file")) from exc
     return 0

@@ -71,7 +71,9 @@ def format_report(report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bnserve.cli.errors import UserError, file_problem
     from bnserve.client import BnserveError, Client
+    from bnserve.client.call_errors import explain_call_error
 
     if args.watch is not None and args.watch <= 0:
         print("bnserve drift: --watch needs a positive number of seconds", file=sys.stderr)
@@ -81,17 +83,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             from bnserve.client.drift_plot import plot_report as plot
         except ModuleNotFoundError:
-            print("bnserve drift: --plot needs matplotlib, which the thin client does not "
-                  "install: pip install matplotlib", file=sys.stderr)
-            return 1
+            raise UserError("--plot needs matplotlib, which the thin client does not "
+                            "install: pip install matplotlib") from None
     try:
         options = security_options(args)
-    except ValueError as exc:
-        print(f"bnserve drift: {exc}", file=sys.stderr)
-        return 1
     except OSError as exc:
-        print(f"bnserve drift: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise UserError(file_problem(exc, "read")) from exc
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     shown = 0
     try:
         with Client(args.address, timeout=args.timeout, **options) as client:
@@ -109,11 +108,10 @@ def run(args: argparse.Namespace) -> int:
                     break
                 time.sleep(args.watch)
     except BnserveError as exc:
-        print(f"bnserve drift: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(explain_call_error(exc, address=args.address, model=args.model,
+                                           version=args.version, timeout=args.timeout)) from exc
     except KeyboardInterrupt:
         return 0
     except OSError as exc:  # the plot file
-        print(f"bnserve drift: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise UserError(f"--plot {args.plot}: {file_problem(exc, 'write')}") from exc
     return ALARM_EXIT if report.alarm else 0

@@ -77,16 +77,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from bnserve.cli.errors import UserError, file_problem
     from bnserve.client import BnserveError, Client
+    from bnserve.client.call_errors import explain_call_error
+    from bnserve.client.input_file import check_output_path, load_input_array
 
-    array = np.load(args.input, allow_pickle=False)
+    # The files first: their mistakes are named at once, without waiting on a server.
+    array = load_input_array(args.input, model=args.model)
+    if args.output:
+        check_output_path(args.output)
     try:
         options = security_options(args)
-    except (OSError, ValueError) as exc:
-        print(f"bnserve predict: {_problem(exc)}", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        raise UserError(file_problem(exc, "read")) from exc
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    addresses = args.address or [DEFAULT_ADDRESS]
     try:
-        with Client(args.address or [DEFAULT_ADDRESS], timeout=args.timeout, **options) as client:
+        with Client(addresses, timeout=args.timeout, **options) as client:
             if not args.output and args.classes > 0 and _ranks_classes(client, args):
                 classes = client.classify(args.model, array, top=args.classes,
                                           version=args.version, batch_size=args.batch_size)
@@ -95,10 +103,14 @@ def run_predict(args: argparse.Namespace) -> int:
             result = client.predict(args.model, array, version=args.version,
                                     batch_size=args.batch_size)
     except BnserveError as exc:
-        print(f"bnserve predict: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(explain_call_error(
+            exc, address=", ".join(addresses), model=args.model, version=args.version,
+            timeout=args.timeout, subject=f"--input {args.input}")) from exc
     if args.output:
-        np.save(args.output, result)
+        try:
+            np.save(args.output, result)
+        except OSError as exc:
+            raise UserError(f"--output {args.output}: cannot write: {exc.strerror or exc}") from exc
         print(f"saved {result.dtype} {list(result.shape)} to {args.output}")
     else:
         np.set_printoptions(precision=4, suppress=True)

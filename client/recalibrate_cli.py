@@ -10,13 +10,14 @@ file, never taken on the command line (where ``ps`` shows it).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bnserve.client.security_cli import security_options
 
 
 def run_remote(args: argparse.Namespace) -> int:
+    from bnserve.cli.errors import UserError, file_problem
     from bnserve.client import BnserveError, Client
+    from bnserve.client.call_errors import explain_call_error
 
     token = None
     try:
@@ -25,11 +26,9 @@ def run_remote(args: argparse.Namespace) -> int:
                 token = handle.read().strip()
         options = security_options(args)
     except ValueError as exc:
-        print(f"bnserve recalibrate: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(str(exc)) from exc
     except OSError as exc:
-        print(f"bnserve recalibrate: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise UserError(file_problem(exc, "read")) from exc
     try:
         with Client(args.address, timeout=args.timeout, admin_token=token, **options) as client:
             done = client.recalibrate(
@@ -37,8 +36,10 @@ def run_remote(args: argparse.Namespace) -> int:
                 prior_strength=args.prior_strength,
                 input_statistics=False if args.keep_input_statistics else None)
     except BnserveError as exc:
-        print(f"bnserve recalibrate: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(explain_call_error(exc, address=args.address, model=args.model,
+                                           version=None if args.version is None
+                                           else str(args.version), timeout=args.timeout,
+                                           token_flag="--admin-token-file")) from exc
     print(f"recalibrated {done.model} from version {done.base_version}'s statistics on "
           f"{done.samples} captured rows: published version {done.new_version}")
     print(f"  drift of those rows: {done.drift_before:.4f} against the old statistics, "

@@ -184,13 +184,18 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"bnserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
+    from bnserve.cli.errors import UserError
     from bnserve.server.errors import ModelLoadError
 
+    if not settings.repository.is_dir():  # named before any start-up work
+        given = (f"--repository {settings.repository}" if args.repository is not None else
+                 f"the repository {settings.repository} (BNSERVE_REPOSITORY or the default)")
+        raise UserError(f"{given} is not a directory; expected a model repository folder "
+                        "(NAME/VERSION/model.onnx, as `bnserve export` writes)")
     try:
         drained = asyncio.run(serve_until_signalled(settings, port_file=args.port_file))
     except (FileNotFoundError, OSError, ValueError, ModelLoadError) as exc:
-        # Start-up problems a user can fix (no repository, port taken, a TLS file or token
-        # file that cannot be used).
-        print(f"bnserve serve: {exc}", file=sys.stderr)
-        return 1
+        # Start-up problems a user can fix (port taken, a TLS file or token file that cannot
+        # be used, a model that does not load).
+        raise UserError(str(exc)) from exc
     return _exit_without_waiting_for_runs(0 if drained else 1)

@@ -16,11 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnserve.cli.errors import UserError, user_errors
 from bnserve.training.config import DEFAULT_DATASETS, NORMS, TrainConfig
 from bnserve.training.errors import RepositoryError, TrainingError
 
-# What a user can fix: a one-line message and exit status 1, never a traceback.
+# What a user can fix: re-raised as UserError, so the dispatcher prints one line (exit 1).
 USER_ERRORS = (TrainingError, RepositoryError)
+NOTHING_WRITTEN = "; nothing was written to the repository"
 
 DEFAULTS = TrainConfig()
 
@@ -224,10 +226,10 @@ def add_training_options(parser: argparse.ArgumentParser, *,
     parser.add_argument("--run-dir", type=Path, required=True, help="folder to write the run to")
     parser.add_argument("--norm", choices=NORMS, default=DEFAULTS.norm,
                         help="batch: BatchNorm where it belongs; none: the same network without")
-    parser.add_argument("--bn-eps", type=float, default=DEFAULTS.batchnorm.eps,
-                        help="BatchNorm epsilon")
-    parser.add_argument("--bn-momentum", type=float, default=DEFAULTS.batchnorm.momentum,
-                        help="BatchNorm running-statistics momentum")
+    parser.add_argument("--bn-eps", type=_positive_float, default=DEFAULTS.batchnorm.eps,
+                        help="BatchNorm epsilon (> 0)")
+    parser.add_argument("--bn-momentum", type=_unit_interval, default=DEFAULTS.batchnorm.momentum,
+                        help="BatchNorm running-statistics momentum, in [0, 1]")
     parser.add_argument("--no-affine", action="store_true",
                         help="BatchNorm without learnable scale and shift (gamma, beta)")
     parser.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
@@ -236,7 +238,8 @@ def add_training_options(parser: argparse.ArgumentParser, *,
                         help="passes over the training split")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
                         help=batch_help)
-    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
+    parser.add_argument("--lr", type=_positive_float, default=DEFAULTS.lr,
+                        help="peak learning rate (> 0)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
                         help="seeds init, dropout, split and shuffling")
     parser.add_argument("--threads", type=_positive_int, default=DEFAULTS.num_threads,
@@ -303,6 +306,26 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan, which compares false
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -323,19 +346,17 @@ def run_train(args: argparse.Namespace) -> int:
               "bnserve.training.distributed` for data-parallel training", file=sys.stderr)
         return 1
 
-    from bnserve.training.checkpoint import load_training_state
-    from bnserve.training.train import train
+    with user_errors(*USER_ERRORS):
+        if not args.resume:
+            config = config_from_args(args)
+            _check_data(config)  # before torch is imported: a wrong file is named at once
+        from bnserve.training.checkpoint import load_training_state
+        from bnserve.training.train import train
 
-    try:
         if args.resume:
             config = TrainConfig.from_dict(load_training_state(args.run_dir)["config"])
             config = replace(config, num_threads=args.threads)
-        else:
-            config = config_from_args(args)
         result = train(config, args.run_dir, resume=args.resume)
-    except USER_ERRORS as exc:
-        print(f"bnserve train: error: {exc}", file=sys.stderr)
-        return 1
     metrics = result.metrics
     final = metrics["final"]
     stopped = (f", stopped early; kept epoch {metrics['checkpoint_epoch']}"
@@ -346,6 +367,17 @@ def run_train(args: argparse.Namespace) -> int:
           f"val loss {final['val_loss']:.4f}")
     print(f"wrote {args.run_dir}/: checkpoint.pt, last.pt, metrics.json, curves.png")
     return 0
+
+
+def _check_data(config: TrainConfig) -> None:
+    """A user's --data: that it is an .npz archive and that its ``y`` is large enough for the
+    train/validation split (the registered datasets always are), in a moment, with numpy
+    alone. The split rule belongs beside ``split_dataset`` in train.py; it is checked here
+    while that module is being changed for another issue."""
+    if config.data:
+        from bnserve.training.datasets import check_npz_splits
+
+        check_npz_splits(config.data, config.val_fraction)
 
 
 def run_recalibrate(args: argparse.Namespace) -> int:
@@ -381,16 +413,12 @@ def run_recalibrate(args: argparse.Namespace) -> int:
         recalibrate_version,
     )
 
-    try:
+    with user_errors(*USER_ERRORS, note=NOTHING_WRITTEN):
         data = load_recalibration_data(args.data, labels_key=args.labels_key)
         result = recalibrate_version(args.repository, args.model, data.x, y=data.y,
                                      version=args.version, batch_size=args.batch_size,
                                      keep_input_statistics=args.keep_input_statistics,
                                      data_sha256=data.sha256)
-    except USER_ERRORS as exc:
-        print(f"bnserve recalibrate: error: {exc}", file=sys.stderr)
-        print("bnserve recalibrate: nothing was written to the repository", file=sys.stderr)
-        return 1
     print(format_recalibration(result, args.data.name))
     print(format_summary(result.export))
     return 0
@@ -399,11 +427,8 @@ def run_recalibrate(args: argparse.Namespace) -> int:
 def run_recalibration_report(args: argparse.Namespace) -> int:
     from bnserve.training.recalibration_report import recalibration_report
 
-    try:
+    with user_errors(*USER_ERRORS):
         report = recalibration_report(args.out, dry_run=args.dry_run)
-    except USER_ERRORS as exc:
-        print(f"bnserve recalibration-report: error: {exc}", file=sys.stderr)
-        return 1
     print((args.out / "recalibration.md").read_text(), end="")
     print(f"wrote {args.out}/: recalibration.md, recalibration.json, recalibration.png "
           f"in {report['seconds']:.0f} s")
@@ -411,24 +436,21 @@ def run_recalibration_report(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if not args.run_dir.is_dir():  # said before torch is imported
+        raise UserError(f"--run-dir {args.run_dir}: no such folder; expected a run folder "
+                        "written by `bnserve train --run-dir` (with checkpoint.pt)")
     from bnserve.training.export import export_run, format_summary
 
-    try:
+    with user_errors(*USER_ERRORS, note=NOTHING_WRITTEN):
         result = export_run(args.run_dir, args.repository, args.name, args.version,
                             fold=not args.no_fold, report=args.report,
                             latency_runs=args.latency_runs)
-    except USER_ERRORS as exc:
-        print(f"bnserve export: error: {exc}", file=sys.stderr)
-        print("bnserve export: nothing was written to the repository", file=sys.stderr)
-        return 1
     print(format_summary(result))
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
-
-    from bnserve.training.compare import compare_batchnorm
 
     config = replace(
         DEFAULTS, model=args.model,
@@ -437,12 +459,12 @@ def run_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, width=args.width, num_threads=args.threads,
         dry_run=args.dry_run,
     )
-    try:
+    with user_errors(*USER_ERRORS):
+        _check_data(config)
+        from bnserve.training.compare import compare_batchnorm
+
         result = compare_batchnorm(config, args.out, seeds=args.seeds, lrs=args.lrs,
                                    target_accuracy=args.target)
-    except USER_ERRORS as exc:
-        print(f"bnserve compare: error: {exc}", file=sys.stderr)
-        return 1
     print(result.table)
     print(f"wrote {args.out}/: comparison.md, comparison.json, comparison.png and "
           f"{len(result.runs)} run folders under runs/")

@@ -23,6 +23,7 @@ exported graph, so a client sends exactly what the dataset holds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,81 @@ def load_text() -> Dataset:
     return Dataset("text", x=x, y=y, labels=labels, vocab_size=len(vocabulary))
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive is a zip file
+NPY_MAGIC = b"\x93NUMPY"
+NPZ_EXPECTED = "expected an .npz archive with arrays x and y (np.savez(path, x=x, y=y))"
+
+
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """The .npz archive at ``path``, its arrays not yet read; ``DatasetError`` saying what
+    the file is instead (missing, a folder, a single .npy array, not an archive)."""
+    if not path.exists():
+        raise DatasetError(f"cannot read {path}: no such file; {NPZ_EXPECTED}")
+    if path.is_dir():
+        raise DatasetError(f"cannot read {path}: is a directory; {NPZ_EXPECTED}")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(len(NPY_MAGIC))
+        if magic == NPY_MAGIC:  # np.load would read it as one array
+            raise DatasetError(f"cannot read {path}: a single .npy array; {NPZ_EXPECTED}")
+        if not magic.startswith(ZIP_MAGIC):  # np.load would try to unpickle it, and say so
+            raise DatasetError(f"cannot read {path}: not an .npz archive; {NPZ_EXPECTED}")
+        return np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}; {NPZ_EXPECTED}") from exc
+    except ValueError as exc:  # a damaged archive
+        raise DatasetError(f"cannot read {path}: {exc}; {NPZ_EXPECTED}") from exc
+
+
+def read_npz_array(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return data[key]
+    except (OSError, ValueError) as exc:  # a damaged member, or object arrays (they would unpickle)
+        raise DatasetError(f"cannot read {path}: array {key!r}: {exc}; {NPZ_EXPECTED}") from exc
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz file at ``path`` (``DatasetError`` as ``open_npz``)."""
+    with open_npz(path) as data:
+        return {key: read_npz_array(data, key, path) for key in data.files}
+
+
+def rows_for_split(num_classes: int, val_fraction: float) -> int:
+    """The fewest rows a stratified train/validation split takes: scikit-learn holds out
+    ceil(val_fraction * n) rows and needs every class on both sides of the split."""
+    rows = 2 * num_classes
+    while (math.ceil(val_fraction * rows) < num_classes
+           or rows - math.ceil(val_fraction * rows) < num_classes):
+        rows += 1
+    return rows
+
+
+def check_npz_splits(path: Path | str, val_fraction: float) -> None:
+    """``DatasetError`` when a user's .npz cannot be read or its ``y`` is too small for the
+    train/validation split (naming the rows needed). Only ``y`` is read (an .npz member loads
+    on its own), so this runs in a moment, before training imports torch; the rest of the
+    file is ``load_npz``'s to check."""
+    path = Path(path)
+    with open_npz(path) as data:
+        if "y" not in data.files:
+            return  # load_npz names what is missing
+        y = read_npz_array(data, "y", path)
+    if y.ndim != 1:
+        return
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        return  # load_npz: a classifier needs two or more classes
+    needed = rows_for_split(len(classes), val_fraction)
+    if len(y) < needed:
+        raise DatasetError(f"{path}: {len(y)} rows are too few for the train/validation split "
+                           f"({val_fraction:.0%} held out, each of the {len(classes)} classes "
+                           f"on both sides); it needs at least {needed} rows")
+    if counts.min() < 2:
+        rare = classes[counts.argmin()].item()
+        raise DatasetError(f"{path}: class {rare!r} has 1 row; the train/validation split "
+                           "needs at least 2 rows of every class")
+
+
 def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
     """A user's dataset: ``x`` and ``y`` arrays (and optionally ``labels``) in one .npz file.
 
@@ -163,11 +239,7 @@ def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
     ``labels`` the distinct values of ``y`` become the classes, in sorted order.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {path} as an .npz file: {exc}") from exc
+    arrays = read_npz(path)
     missing = {"x", "y"} - set(arrays)
     if missing:
         raise DatasetError(f"{path} has no array(s) {sorted(missing)}; it needs x and y "

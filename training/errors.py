@@ -13,7 +13,8 @@
           └── VersionExistsError       the version is already published: never overwritten
 
 The CLI turns any ``TrainingError`` into a one-line message and exit status 1; anything
-else is a bug and keeps its traceback.
+else is a bug, reported as one "internal error" line with its traceback under
+``--log-level DEBUG`` (``bnserve.cli.errors``).
 """
 
 from __future__ import annotations
