@@ -15,6 +15,12 @@ A DistributedSampler deals each rank its share of the shuffled training split pe
 Backend: NCCL with one GPU per rank (cuda:LOCAL_RANK) when CUDA is available, else gloo on
 CPU. Rank 0 writes the same run folder as ``bnserve train``, with BatchNorm{1,2,3}d layers
 again, so ``bnserve export`` works unchanged.
+
+The loop is ``bnserve.training.train.train`` itself, given the ``DataParallel`` strategy
+below: the same refusal to overwrite a run, --resume (rank 0's RUN/last.pt holds every
+rank's random state; resume with as many ranks, from a folder every rank can read), the
+same --patience, the same "best" (lowest val loss, all-reduced over the ranks) and the
+same summary, with a ``distributed`` section added.
 """
 
 from __future__ import annotations
@@ -141,13 +147,14 @@ class DataParallel(SingleProcess):
                                           rank=self.rank, shuffle=True, seed=self.seed)
         return rank_batch, len(self.sampler) // rank_batch  # full batches only
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
         model = to_sync_batchnorm(model, self.device).to(self.device)
         # No buffer broadcast before each forward: synchronized BatchNorm keeps the running
         # statistics equal by itself (and the test that they are equal means something).
-        return DistributedDataParallel(model, device_ids=[self.device.index]
-                                       if self.device.type == "cuda" else None,
-                                       **_no_buffer_broadcast())
+        ddp = DistributedDataParallel(model, device_ids=[self.device.index]
+                                      if self.device.type == "cuda" else None,
+                                      **_no_buffer_broadcast())
+        return ddp, model
 
     def generator(self, seed: int) -> torch.Generator:
         torch.manual_seed(seed + self.rank)  # dropout: different masks for different rows
@@ -229,14 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchrun --nproc_per_node=N -m bnserve.training.distributed",
         description="Train like `bnserve train`, on N processes: DistributedDataParallel with "
-        "synchronized BatchNorm (NCCL on GPUs, gloo on CPU). Rank 0 writes RUN_DIR/"
-        "checkpoint.pt (plain BatchNorm), metrics.json and curves.png.",
+        "synchronized BatchNorm (NCCL on GPUs, gloo on CPU), with the same loop, --resume and "
+        "--patience. Rank 0 writes RUN_DIR/checkpoint.pt (plain BatchNorm), last.pt, "
+        "metrics.json and curves.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_training_options(parser, batch_help="GLOBAL rows per optimizer step, split evenly over "
                          "the ranks")
     parser.add_argument("--dump-state", type=Path, default=None, metavar="DIR",
-                        help="each rank saves its final state_dict as DIR/rank{N}.pt")
+                        help="each rank saves the state_dict it keeps (the best epoch's) "
+                        "as DIR/rank{N}.pt")
     return parser
 
 

@@ -117,9 +117,10 @@ class SingleProcess:
         batch_size = min(batch_size, num_train)
         return batch_size, num_train // batch_size
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """The module the optimizer steps (``model`` itself here; DDP in a job)."""
-        return model
+    def wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(the module the optimizer steps, the model inside it whose state is saved):
+        ``model`` itself twice here; DDP around a synchronized-BatchNorm copy in a job."""
+        return model, model
 
     def generator(self, seed: int) -> torch.Generator:
         """The shuffling generator of this process (after the weights are initialized)."""
@@ -370,8 +371,7 @@ def _train(config: TrainConfig, run_dir: Path, *, progress: bool, resume: bool,
     torch.manual_seed(config.seed)  # weight init: the same in every process
     spec = model_spec(config, dataset)
     model = build_model(spec)
-    trained = strategy.wrap(model)  # the module the optimizer steps; `model` is inside it
-    model = getattr(trained, "module", trained)
+    trained, model = strategy.wrap(model)  # what the optimizer steps; `model` is inside it
     shuffle = strategy.generator(config.seed)  # also seeds dropout, per process
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
