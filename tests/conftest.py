@@ -22,11 +22,12 @@ def python() -> str:
 
 @pytest.fixture(scope="session")
 def digits_repository(tmp_path_factory) -> Path:
-    """A repository holding a real trained-and-exported digits BatchNorm CNN (version 1)."""
+    """A repository holding a real trained-and-exported digits BatchNorm CNN (version 1),
+    with its checkpoint.pt (no data rows) for the torch recalibration engine's tests."""
     from bnserve.training.quick import build_digits_repository
 
     root = tmp_path_factory.mktemp("models")
-    build_digits_repository(root, name="digits")
+    build_digits_repository(root, name="digits", include_checkpoint=True)
     return root
 
 

@@ -21,12 +21,20 @@ KINDS = sorted(DEFAULT_DATASETS)
 
 
 @pytest.fixture(scope="module")
-def zoo_repository(tmp_path_factory):
-    repository = tmp_path_factory.mktemp("zoo")
+def zoo_runs(tmp_path_factory):
+    """kind -> its run folder (the validation rows stay there, not in the repository)."""
+    runs = {}
     for kind in KINDS:
-        run_dir = tmp_path_factory.mktemp(f"run-{kind}")
+        runs[kind] = tmp_path_factory.mktemp(f"run-{kind}")
         config = TrainConfig(model=kind, dataset=DEFAULT_DATASETS[kind], width=8, dry_run=True)
-        train(config, run_dir, progress=False)
+        train(config, runs[kind], progress=False)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def zoo_repository(tmp_path_factory, zoo_runs):
+    repository = tmp_path_factory.mktemp("zoo")
+    for kind, run_dir in zoo_runs.items():
         export_run(run_dir, repository, kind)
     return repository
 
@@ -39,9 +47,9 @@ def server(zoo_repository):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_served_zoo_model_answers_like_onnxruntime(server, zoo_repository, kind):
+def test_served_zoo_model_answers_like_onnxruntime(server, zoo_repository, zoo_runs, kind):
     version_dir = zoo_repository / kind / "1"
-    samples = load_checkpoint(version_dir).samples[:16]
+    samples = load_checkpoint(zoo_runs[kind]).samples[:16]
     session = ort.InferenceSession(str(version_dir / "model.onnx"))
     expected = session.run(None, {"input": samples})[0]
     with Client(server.address) as client:
@@ -54,8 +62,8 @@ def test_served_zoo_model_answers_like_onnxruntime(server, zoo_repository, kind)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "text"])
-async def test_concurrent_rows_equal_rows_sent_alone(server, zoo_repository, kind):
-    samples = load_checkpoint(zoo_repository / kind / "1").samples[:24]
+async def test_concurrent_rows_equal_rows_sent_alone(server, zoo_runs, kind):
+    samples = load_checkpoint(zoo_runs[kind]).samples[:24]
     batcher = server.server.models[kind].batcher
     async with AsyncClient(server.address) as client:
         await client.metadata(kind)

@@ -1,8 +1,11 @@
 """The run folder: a checkpoint that rebuilds the model, metrics JSON, training curves.
 
     RUN/checkpoint.pt   state_dict + ModelSpec + input statistics + labels + metrics
-                        (the weights that get exported: the last epoch's, or the best one's
-                        under early stopping)
+                        (the weights that get exported: the best epoch's, lowest val loss)
+                        + raw validation rows: 64 to verify the export, up to 1,024 to
+                        calibrate the drift threshold. They stay in the run folder:
+                        ``bnserve export --include-checkpoint`` publishes a copy without
+                        them (``without_rows``), for ``recalibrate --engine torch``.
     RUN/last.pt         the training state after the last finished epoch, for --resume:
                         model, optimizer, scheduler, RNG states, history, best weights
     RUN/metrics.json    per-epoch train/val loss and accuracy, final figures
@@ -11,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ TRAINING_STATE_FILE = "last.pt"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 FORMAT = 1  # bump when the checkpoint layout changes
+VERIFICATION_SAMPLES = 64  # raw validation inputs a run's checkpoint keeps for export checks
 
 
 @dataclass
@@ -45,6 +49,17 @@ class Checkpoint:
     # the drift alarm's threshold on them. None: a checkpoint from before, or a recalibrated
     # one (its clean distribution is the new data's, of which it holds no held-out rows).
     held_out: np.ndarray | None = None
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether it holds verification rows (a run folder's), not a published copy."""
+        return len(self.samples) > 0
+
+    def without_rows(self) -> Checkpoint:
+        """A copy holding no data rows (no samples, no held-out rows): what may be published
+        beside a served model; the weights, statistics and figures are all it keeps."""
+        empty = self.samples[:0].copy()  # (0, *sample_shape), the dtype kept
+        return replace(self, samples=empty, held_out=None)
 
     def build(self) -> nn.Module:
         """The trained model in eval mode (the state it is always exported in)."""

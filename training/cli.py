@@ -1,8 +1,9 @@
 """``bnserve train`` and ``bnserve export`` (and ``recalibrate``).
 
     bnserve train --model {mlp,cnn,audio,text,rnn} [--dataset NAME | --data x.npz] --run-dir RUN
-    bnserve train --run-dir RUN --resume
+    bnserve train --run-dir RUN --resume [--epochs N]
     bnserve export --run-dir RUN --repository models --name NAME [--no-fold] [--report]
+                   [--include-checkpoint]
     bnserve recalibrate --model NAME --data x.npz [--engine onnxruntime|torch] [--prior-strength N0]
     bnserve compare --model cnn --dataset digits --out OUT [--seeds 0,1,2] [--lrs 0.003,0.03]
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from bnserve.cli.errors import UserError, user_errors
 from bnserve.training.config import DEFAULT_DATASETS, NORMS, TrainConfig
-from bnserve.training.errors import RepositoryError, TrainingError
+from bnserve.training.errors import RepositoryError, TrainingError, TrainingInterrupted
 
 # What a user can fix: re-raised as UserError, so the dispatcher prints one line (exit 1).
 USER_ERRORS = (TrainingError, RepositoryError)
@@ -38,12 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_training_options(train)
-    train.add_argument("--patience", type=_positive_int, default=None,
-                       help="early stopping: stop after N epochs without a lower val loss and "
-                       "keep the best epoch's weights (default: train every epoch)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue RUN_DIR from its last finished epoch (RUN_DIR/last.pt) "
-                       "with the run's own configuration; other options are ignored")
     train.set_defaults(handler=run_train, extra="training")
 
     export = subparsers.add_parser(
@@ -66,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "unfolded and no-BatchNorm graphs (into metadata.json `latency`)")
     export.add_argument("--latency-runs", type=_positive_int, default=200,
                         help="timed runs per figure for --report (median reported)")
+    export.add_argument("--include-checkpoint", action="store_true",
+                        help="also publish checkpoint.pt (weights and statistics, no data "
+                        "rows) for `bnserve recalibrate --engine torch`; the run's "
+                        "validation rows never leave RUN_DIR")
     export.set_defaults(handler=run_export, extra="training")
 
     add_recalibrate_parser(subparsers)
@@ -123,7 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --engine -> the extra it needs and the handler's module. The onnxruntime engine works from
-# the version folder alone (unfolded.onnx); torch rebuilds the model from checkpoint.pt.
+# the version folder alone (unfolded.onnx); torch rebuilds the model from checkpoint.pt,
+# which a version holds only when exported with --include-checkpoint.
 RECALIBRATE_ENGINES = {"onnxruntime": "server", "torch": "training"}
 
 
@@ -159,8 +159,9 @@ def add_recalibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     recalibrate.add_argument("--engine", choices=tuple(RECALIBRATE_ENGINES),
                              default="onnxruntime", action=_EngineAction,
                              help="onnxruntime (default): from the version's unfolded.onnx, "
-                             "no torch needed, layer by layer; torch: from its checkpoint.pt, "
-                             "BatchNorm layers in train mode")
+                             "no torch needed, layer by layer; torch: from its checkpoint.pt "
+                             "(exported with --include-checkpoint), BatchNorm layers in train "
+                             "mode")
     # recalibrate.BATCH_SIZE, not imported: it would import torch for --help.
     recalibrate.add_argument("--batch-size", type=_positive_int, default=256,
                              help="rows per forward pass (default: 256)")
@@ -234,8 +235,10 @@ def add_training_options(parser: argparse.ArgumentParser, *,
                         help="BatchNorm without learnable scale and shift (gamma, beta)")
     parser.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
                         help="channels of the first stage / hidden units")
-    parser.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs,
-                        help="passes over the training split")
+    # SUPPRESS: absent unless given, so --resume can tell "continue to N" from the default.
+    parser.add_argument("--epochs", type=_positive_int, default=argparse.SUPPRESS,
+                        help=f"passes over the training split (default: {DEFAULTS.epochs}; with "
+                        "--resume: the run's own, and a larger N continues it to N)")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
                         help=batch_help)
     parser.add_argument("--lr", type=_positive_float, default=DEFAULTS.lr,
@@ -246,6 +249,17 @@ def add_training_options(parser: argparse.ArgumentParser, *,
                         help="torch CPU threads")
     parser.add_argument("--dry-run", action="store_true",
                         help=f"one epoch of {DEFAULTS.dry_run_steps} steps, for tests")
+    parser.add_argument("--patience", type=_positive_int, default=None,
+                        help="early stopping: stop after N epochs without a lower val loss "
+                        "(default: train every epoch); either way the checkpoint keeps the "
+                        "best epoch, the one with the lowest val loss")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--resume", action="store_true",
+                      help="continue RUN_DIR from its last finished epoch (RUN_DIR/last.pt) "
+                      "with the run's own configuration; only --epochs and --threads may "
+                      "change")
+    runs.add_argument("--overwrite", action="store_true",
+                      help="replace the run RUN_DIR already holds (refused without it)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -257,13 +271,35 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return replace(
         DEFAULTS, model=args.model,
         dataset=args.dataset or DEFAULT_DATASETS.get(args.model, DEFAULTS.dataset),
-        data=str(args.data) if args.data else None, epochs=args.epochs,
+        data=str(args.data) if args.data else None,
+        epochs=getattr(args, "epochs", DEFAULTS.epochs),
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
         num_threads=args.threads, dry_run=args.dry_run, norm=args.norm,
         patience=getattr(args, "patience", None),
         batchnorm=BatchNormOptions(eps=args.bn_eps, momentum=args.bn_momentum,
                                    affine=not args.no_affine),
     )
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
+    """The flags' TrainConfig, and None; with --resume, the run's own configuration
+    (RUN/last.pt) with the flags that were changed from their defaults on top (``train``
+    refuses any change but --epochs and --threads), and the saved training state."""
+    from dataclasses import fields, replace
+
+    requested = config_from_args(args)
+    if not args.resume:
+        return requested, None
+    from bnserve.training.checkpoint import load_training_state
+
+    state = load_training_state(args.run_dir)
+    changed = {f.name: getattr(requested, f.name) for f in fields(TrainConfig)
+               if getattr(requested, f.name) != getattr(DEFAULTS, f.name)}
+    changed["num_threads"] = requested.num_threads
+    changed.pop("epochs", None)
+    if "epochs" in vars(args):  # given, even if equal to the default
+        changed["epochs"] = args.epochs
+    return replace(TrainConfig.from_dict(state["config"]), **changed), state
 
 
 def _positive_int(text: str) -> int:
@@ -338,7 +374,6 @@ def _fraction(text: str) -> float:
 
 def run_train(args: argparse.Namespace) -> int:
     import os
-    from dataclasses import replace
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would each train alone
         print("bnserve train: error: launched as one of several processes (WORLD_SIZE="
@@ -347,24 +382,21 @@ def run_train(args: argparse.Namespace) -> int:
         return 1
 
     with user_errors(*USER_ERRORS):
-        if not args.resume:
-            config = config_from_args(args)
-            _check_data(config)  # before torch is imported: a wrong file is named at once
-        from bnserve.training.checkpoint import load_training_state
-        from bnserve.training.train import train
+        try:
+            config, state = resolve_config(args)  # the flags are checked without torch
+            if state is None:
+                _check_data(config)  # before torch is imported: a wrong file is named at once
+            from bnserve.training.train import describe_resume, summary_line, train
 
-        if args.resume:
-            config = TrainConfig.from_dict(load_training_state(args.run_dir)["config"])
-            config = replace(config, num_threads=args.threads)
-        result = train(config, args.run_dir, resume=args.resume)
-    metrics = result.metrics
-    final = metrics["final"]
-    stopped = (f", stopped early; kept epoch {metrics['checkpoint_epoch']}"
-               if metrics["stopped_early"] else "")
-    print(f"trained {config.model} on {metrics['dataset']} (norm {config.norm}) in "
-          f"{result.seconds:.2f} s ({metrics['epochs']} epochs{stopped}): val accuracy "
-          f"{final['val_accuracy']:.2%} (best {metrics['best_val_accuracy']:.2%}), "
-          f"val loss {final['val_loss']:.4f}")
+            if state is not None:
+                print(describe_resume(state, config), flush=True)
+            result = train(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line on how to go on, no traceback
+            hint = (exc.hint() if isinstance(exc, TrainingInterrupted)
+                    else "interrupted before training started; nothing was written")
+            print(f"bnserve train: {hint}", file=sys.stderr)
+            return 130
+    print(summary_line(result.metrics))
     print(f"wrote {args.run_dir}/: checkpoint.pt, last.pt, metrics.json, curves.png")
     return 0
 
@@ -444,7 +476,8 @@ def run_export(args: argparse.Namespace) -> int:
     with user_errors(*USER_ERRORS, note=NOTHING_WRITTEN):
         result = export_run(args.run_dir, args.repository, args.name, args.version,
                             fold=not args.no_fold, report=args.report,
-                            latency_runs=args.latency_runs)
+                            latency_runs=args.latency_runs,
+                            include_checkpoint=args.include_checkpoint)
     print(format_summary(result))
     return 0
 

@@ -138,7 +138,9 @@ def _train_one(config: TrainConfig, out_dir: Path, target: float, bar: tqdm) -> 
         ticks.append(time.perf_counter())
         bar.update()
 
-    result = train(config, out_dir / run_dir, progress=False, on_epoch_end=on_epoch_end)
+    # The comparison owns its run folders: running it again replaces them.
+    result = train(config, out_dir / run_dir, progress=False, overwrite=True,
+                   on_epoch_end=on_epoch_end)
     history = result.metrics["history"]
     return ComparisonRun(norm=config.norm, lr=config.lr, seed=config.seed, run_dir=str(run_dir),
                          history=history,

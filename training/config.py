@@ -6,8 +6,11 @@ checkpoint stores them as dicts so the exporter can rebuild the exact model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from bnserve.training.errors import ConfigError
 
 NORMS = ("batch", "none")  # --norm: BatchNorm where it belongs, or the same network without
 # The dataset each zoo model trains on when --dataset and --data are not given.
@@ -95,9 +98,15 @@ class TrainConfig:
     norm: str = "batch"
     # A user's .npz (arrays x, y, optional labels) instead of a registered dataset.
     data: str | None = None
-    # Early stopping: stop after this many epochs without a lower val loss and keep the best
-    # epoch's weights. None trains every epoch and keeps the last (one-cycle ends low anyway).
+    # Early stopping: stop after this many epochs without a lower val loss. None trains every
+    # epoch. Either way the checkpoint keeps the best epoch: the one with the lowest val loss
+    # (with one-cycle usually the last, since the rate ends near zero).
     patience: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = config_problems(self)
+        if problems:
+            raise ConfigError("invalid training configuration: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,3 +117,44 @@ class TrainConfig:
         values = {k: v for k, v in data.items() if k in known}
         values["batchnorm"] = BatchNormOptions(**data.get("batchnorm", {}))
         return cls(**values)
+
+
+def config_problems(config: TrainConfig) -> list[str]:
+    """What is wrong with ``config``'s hyperparameters, one phrase each (empty: nothing).
+
+    Each phrase names the field, its flag and the value, so one line tells what to change.
+    """
+    problems = []
+
+    def at_least(name: str, flag: str, value: Any, low: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            problems.append(f"{name} ({flag}) must be an integer >= {low}, got {value!r}")
+
+    def positive(name: str, flag: str, value: Any, *, zero: bool = False) -> None:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and (value >= 0 if zero else value > 0))
+        if not ok:
+            problems.append(f"{name} ({flag}) must be a finite number {'>=' if zero else '>'} 0, "
+                            f"got {value!r}")
+
+    at_least("epochs", "--epochs", config.epochs, 1)
+    at_least("batch_size", "--batch-size", config.batch_size, 1)
+    positive("lr", "--lr", config.lr)
+    positive("weight_decay", "no flag", config.weight_decay, zero=True)
+    at_least("width", "--width", config.width, 1)
+    at_least("num_threads", "--threads", config.num_threads, 1)
+    at_least("dry_run_steps", "dry_run_steps", config.dry_run_steps, 1)
+    if config.patience is not None:
+        at_least("patience", "--patience", config.patience, 1)
+    fraction = config.val_fraction
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        problems.append(f"val_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
+    if config.norm not in NORMS:
+        problems.append(f"norm (--norm) must be one of {', '.join(NORMS)}, got {config.norm!r}")
+    bn = config.batchnorm
+    positive("batchnorm.eps", "--bn-eps", bn.eps)
+    momentum = bn.momentum
+    if momentum is not None and not (isinstance(momentum, (int, float))
+                                     and math.isfinite(momentum) and 0 <= momentum <= 1):
+        problems.append(f"batchnorm.momentum (--bn-momentum) must be in [0, 1], got {momentum!r}")
+    return problems

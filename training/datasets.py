@@ -247,6 +247,8 @@ def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
     x, y = arrays["x"], arrays["y"]
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DatasetError(f"{path}: x {x.shape} must have one row per entry of y {y.shape}")
+    if y.dtype.kind == "f":
+        check_finite_rows(y, f"{path}: array 'y'")
     if "labels" in arrays:
         labels = tuple(str(v) for v in arrays["labels"])
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(labels):
@@ -272,11 +274,28 @@ def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
         shaped = {"tabular": {2: x}, "audio": {2: x[:, None], 3: x},
                   "image": {3: x[:, None], 4: x}}[modality].get(x.ndim)
         if shaped is not None and np.issubdtype(x.dtype, np.number):
-            return Dataset(name, x=np.ascontiguousarray(shaped, dtype=np.float32), y=y,
-                           labels=labels)
+            with np.errstate(over="ignore"):  # what overflows becomes Inf, reported next
+                features = np.ascontiguousarray(shaped, dtype=np.float32)
+            check_finite_rows(features, f"{path}: array 'x'")  # after the cast: overflow is Inf
+            return Dataset(name, x=features, y=y, labels=labels)
     wanted = " or ".join(MODALITIES[m] for m in modalities)
     raise DatasetError(f"{path}: x has shape {x.shape} and dtype {x.dtype}; this model takes "
                        f"{wanted}")
+
+
+def check_finite_rows(a: np.ndarray, what: str) -> None:
+    """``DatasetError`` naming ``what`` and the first row of ``a`` holding a NaN or an Inf.
+
+    Checked before training: a NaN row otherwise trains "fine" to a NaN model that only the
+    export's checks catch, and blame on BatchNorm.
+    """
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)  # (N,) rows with a NaN or an Inf
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DatasetError(f"{what} holds NaN or Inf values: first in row {rows[0]} "
+                           f"({len(rows)} of {len(a)} rows); drop or repair those rows")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,12 @@ A DistributedSampler deals each rank its share of the shuffled training split pe
 Backend: NCCL with one GPU per rank (cuda:LOCAL_RANK) when CUDA is available, else gloo on
 CPU. Rank 0 writes the same run folder as ``bnserve train``, with BatchNorm{1,2,3}d layers
 again, so ``bnserve export`` works unchanged.
+
+The loop is ``bnserve.training.train.train`` itself, given the ``DataParallel`` strategy
+below: the same refusal to overwrite a run, --resume (rank 0's RUN/last.pt holds every
+rank's random state; resume with as many ranks, from a folder every rank can read), the
+same --patience, the same "best" (lowest val loss, all-reduced over the ranks) and the
+same summary, with a ``distributed`` section added.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ import argparse
 import copy
 import inspect
 import logging
+import math
 import os
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,26 +41,24 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, TensorDataset
-from tqdm import tqdm
+from torch.utils.data import DistributedSampler
 
-from bnserve.training.cli import add_training_options, config_from_args
+from bnserve.training.cli import add_training_options, resolve_config
 from bnserve.training.config import TrainConfig
-from bnserve.training.datasets import InputStatistics
-from bnserve.training.errors import DistributedError, TrainingError
-from bnserve.training.models import build_model
+from bnserve.training.errors import DistributedError, TrainingError, TrainingInterrupted
 from bnserve.training.sync_batchnorm import is_sync_batchnorm, revert_sync_batchnorm, to_sync_batchnorm
 from bnserve.training.train import (
+    SingleProcess,
     TrainResult,
+    describe_resume,
     evaluate,
-    load_training_data,
-    model_spec,
-    split_dataset,
-    train_epoch,
-    write_run_folder,
+    summary_line,
+    train,
 )
 
 logger = logging.getLogger(__name__)
+
+COMMAND = "torchrun --nproc_per_node=N -m bnserve.training.distributed"
 
 
 @dataclass(frozen=True)
@@ -113,106 +117,111 @@ def evaluate_sharded(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
     return loss_sum / total, correct / total
 
 
-def train_distributed(config: TrainConfig, run_dir: Path | str, *, launch: Launch,
-                      device: torch.device, progress: bool = True,
-                      dump_state: Path | None = None) -> TrainResult:
-    """Train this rank's share inside an initialized process group; rank 0 writes ``run_dir``.
+class DataParallel(SingleProcess):
+    """What a torchrun rank does differently inside the one loop of ``train``.
 
-    Every rank returns the same metrics. With ``dump_state``, each rank also saves its final
-    plain-BatchNorm state_dict as ``dump_state/rank{N}.pt`` (to check that the ranks agree).
+    DDP with synchronized BatchNorm, a DistributedSampler share of the rows per epoch,
+    metrics all-reduced (every rank gets the same figures, so every rank makes the same
+    early-stopping and NaN decisions), random states gathered so rank 0's RUN/last.pt
+    resumes every rank, and only rank 0 writing the run folder.
     """
-    rank, world_size = launch.rank, launch.world_size
-    run_dir = Path(run_dir)
 
-    dataset = load_training_data(config)
-    x_train, x_val, y_train, y_val = split_dataset(dataset, config.val_fraction, config.seed)
-    stats = InputStatistics.from_data(x_train)  # same split on every rank: same statistics
-    xt, xv = (torch.from_numpy(stats.standardize(a)).to(device) for a in (x_train, x_val))
-    yt, yv = torch.from_numpy(y_train).to(device), torch.from_numpy(y_val).to(device)
+    def __init__(self, launch: Launch, device: torch.device, *, seed: int,
+                 dump_state: Path | None = None) -> None:
+        self.rank, self.world_size, self.device = launch.rank, launch.world_size, device
+        self.label = f" x{launch.world_size}"
+        self.title_note = f", {launch.world_size} ranks"
+        self.command = COMMAND
+        self.seed = seed  # of the sampler's global shuffle
+        self.dump_state = dump_state
+        self.sampler: DistributedSampler | None = None
 
-    batch_size = min(config.batch_size, len(xt))  # global, as in `bnserve train`
-    if batch_size % world_size:
-        raise DistributedError(f"--batch-size {batch_size} is the global batch; it must divide "
-                               f"evenly over {world_size} ranks")
-    rank_batch = batch_size // world_size
-    # Pads the split to a multiple of world_size, so every rank takes the same number of steps.
-    sampler = DistributedSampler(TensorDataset(xt), num_replicas=world_size, rank=rank,
-                                 shuffle=True, seed=config.seed)
-    steps = len(sampler) // rank_batch  # full batches only, as in `bnserve train`
-    epochs = config.epochs
-    if config.dry_run:
-        epochs, steps = 1, min(steps, config.dry_run_steps)
+    def plan(self, num_train: int, batch_size: int) -> tuple[int, int]:
+        batch_size = min(batch_size, num_train)  # global, as in `bnserve train`
+        if batch_size % self.world_size:
+            raise DistributedError(f"--batch-size {batch_size} is the global batch; it must "
+                                   f"divide evenly over {self.world_size} ranks")
+        rank_batch = batch_size // self.world_size
+        # Pads the split to a multiple of world_size, so every rank takes the same steps.
+        self.sampler = DistributedSampler(range(num_train), num_replicas=self.world_size,
+                                          rank=self.rank, shuffle=True, seed=self.seed)
+        return rank_batch, len(self.sampler) // rank_batch  # full batches only
 
-    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP checks)
-    spec = model_spec(config, dataset)
-    model = to_sync_batchnorm(build_model(spec), device).to(device)
-    # No buffer broadcast before each forward: synchronized BatchNorm keeps the running
-    # statistics equal by itself (and the test that they are equal means something).
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                  else None, **_no_buffer_broadcast())
-    torch.manual_seed(config.seed + rank)  # dropout: different masks for different rows
-    shuffle = torch.Generator().manual_seed(config.seed + rank)  # order within this rank's share
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
-                                                    total_steps=epochs * steps)
+    def wrap(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+        model = to_sync_batchnorm(model, self.device).to(self.device)
+        # No buffer broadcast before each forward: synchronized BatchNorm keeps the running
+        # statistics equal by itself (and the test that they are equal means something).
+        ddp = DistributedDataParallel(model, device_ids=[self.device.index]
+                                      if self.device.type == "cuda" else None,
+                                      **_no_buffer_broadcast())
+        return ddp, model
 
-    history: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=f"train {config.model}/{dataset.name} x{world_size}",
-               unit="epoch", disable=not progress or rank != 0)
-    for epoch in bar:
-        sampler.set_epoch(epoch)  # a new global shuffle each epoch, the same on every rank
-        share = torch.tensor(list(sampler))  # (len(sampler),) row indices of this rank
-        train_loss, train_acc = train_epoch(ddp, xt[share], yt[share], optimizer, scheduler,
-                                            batch_size=rank_batch, steps=steps,
-                                            generator=shuffle)
+    def generator(self, seed: int) -> torch.Generator:
+        torch.manual_seed(seed + self.rank)  # dropout: different masks for different rows
+        return torch.Generator().manual_seed(seed + self.rank)  # order within this share
+
+    def epoch_rows(self, epoch: int) -> torch.Tensor:
+        assert self.sampler is not None  # plan() made it
+        self.sampler.set_epoch(epoch)  # a new global shuffle each epoch, the same on every rank
+        return torch.tensor(list(self.sampler), device=self.device)  # this rank's rows
+
+    def mean(self, values: list[float]) -> list[float]:
         # Every rank saw steps * rank_batch rows: the global mean is the mean of the ranks.
-        loss_sum, acc_sum = _all_reduce_sums([train_loss, train_acc], device)
-        train_loss, train_acc = loss_sum / world_size, acc_sum / world_size
-        val_loss, val_acc = evaluate_sharded(ddp.module, xv, yv, rank=rank,
-                                             world_size=world_size, device=device)
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "val_loss": val_loss, "val_accuracy": val_acc})
-        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
-                        val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
-    seconds = time.perf_counter() - start
+        return [v / self.world_size for v in _all_reduce_sums(values, self.device)]
 
-    plain = revert_sync_batchnorm(copy.deepcopy(ddp.module)).cpu().eval()
-    assert not any(is_sync_batchnorm(m) for m in plain.modules())
-    if dump_state is not None:
-        dump_state.mkdir(parents=True, exist_ok=True)
-        torch.save(plain.state_dict(), dump_state / f"rank{rank}.pt")
+    def evaluate(self, model: torch.nn.Module, x: torch.Tensor,
+                 y: torch.Tensor) -> tuple[float, float]:
+        return evaluate_sharded(model, x, y, rank=self.rank, world_size=self.world_size,
+                                device=self.device)
 
-    best = max(history, key=lambda h: h["val_accuracy"])
-    summary: dict[str, Any] = {
-        "model": config.model,
-        "dataset": dataset.name,
-        "seed": config.seed,
-        "dry_run": config.dry_run,
-        "epochs": epochs,
-        "steps_per_epoch": steps,
-        "num_train": len(xt),
-        "num_val": len(xv),
-        "num_threads": config.num_threads,
-        "train_seconds": round(seconds, 3),
-        "final": {k: v for k, v in history[-1].items() if k != "epoch"},
-        "best_val_accuracy": best["val_accuracy"],
-        "best_epoch": best["epoch"],
-        "distributed": {"world_size": world_size, "backend": dist.get_backend(),
-                        "batch_size": batch_size, "batch_size_per_rank": rank_batch},
-    }
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = write_run_folder(
-            run_dir, model=plain, spec=spec, statistics=stats, dataset=dataset, config=config,
-            summary=summary, history=history, x_val=x_val,
-            title=f"{config.model} on {dataset.name} (seed {config.seed}, {world_size} ranks)")
-    else:
-        metrics = {**summary, "history": history}
-        logger.info("trained %s on %s with %d ranks in %.1f s: val accuracy %.4f", config.model,
-                    dataset.name, world_size, seconds, history[-1]["val_accuracy"])
-    return TrainResult(run_dir=run_dir, metrics=metrics)
+    def all_finite(self, value: float) -> bool:
+        (bad,) = _all_reduce_sums([0.0 if math.isfinite(value) else 1.0], self.device)
+        return bad == 0
+
+    def rng_state(self, shuffle: torch.Generator) -> list[dict[str, Any]]:
+        mine = super().rng_state(shuffle)[0]
+        if self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, mine)
+        return states
+
+    def set_rng_state(self, states: list[dict[str, Any]], shuffle: torch.Generator) -> None:
+        super().set_rng_state(states, shuffle)
+        if "cuda" in states[self.rank]:
+            torch.cuda.set_rng_state(states[self.rank]["cuda"], self.device)
+
+    def plain(self, model: torch.nn.Module) -> torch.nn.Module:
+        plain = revert_sync_batchnorm(copy.deepcopy(model)).cpu().eval()
+        assert not any(is_sync_batchnorm(m) for m in plain.modules())
+        return plain
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def summary(self, batch_size: int) -> dict[str, Any]:
+        return {"distributed": {"world_size": self.world_size, "backend": dist.get_backend(),
+                                "batch_size": batch_size,
+                                "batch_size_per_rank": batch_size // self.world_size}}
+
+    def finished(self, model: torch.nn.Module) -> None:
+        if self.dump_state is not None:
+            self.dump_state.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), self.dump_state / f"rank{self.rank}.pt")
+
+
+def train_distributed(config: TrainConfig, run_dir: Path | str, *, launch: Launch,
+                      device: torch.device, progress: bool = True, resume: bool = False,
+                      overwrite: bool = False, dump_state: Path | None = None) -> TrainResult:
+    """``train`` as this rank of an initialized process group; rank 0 writes ``run_dir``.
+
+    Every rank returns the same metrics. With ``dump_state``, each rank also saves the
+    plain-BatchNorm state_dict it keeps as ``dump_state/rank{N}.pt`` (to check that the
+    ranks agree).
+    """
+    strategy = DataParallel(launch, device, seed=config.seed, dump_state=dump_state)
+    return train(config, run_dir, progress=progress, resume=resume, overwrite=overwrite,
+                 strategy=strategy)
 
 
 def _no_buffer_broadcast() -> dict[str, bool]:
@@ -227,39 +236,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchrun --nproc_per_node=N -m bnserve.training.distributed",
         description="Train like `bnserve train`, on N processes: DistributedDataParallel with "
-        "synchronized BatchNorm (NCCL on GPUs, gloo on CPU). Rank 0 writes RUN_DIR/"
-        "checkpoint.pt (plain BatchNorm), metrics.json and curves.png.",
+        "synchronized BatchNorm (NCCL on GPUs, gloo on CPU), with the same loop, --resume and "
+        "--patience. Rank 0 writes RUN_DIR/checkpoint.pt (plain BatchNorm), last.pt, "
+        "metrics.json and curves.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_training_options(parser, batch_help="GLOBAL rows per optimizer step, split evenly over "
                          "the ranks")
     parser.add_argument("--dump-state", type=Path, default=None, metavar="DIR",
-                        help="each rank saves its final state_dict as DIR/rank{N}.pt")
+                        help="each rank saves the state_dict it keeps (the best epoch's) "
+                        "as DIR/rank{N}.pt")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
     try:
         launch = Launch.from_environment()
         logging.basicConfig(level=logging.WARNING,
                             format=f"[rank {launch.rank}] %(levelname)s %(name)s: %(message)s")
+        config, resumed = resolve_config(args)
+        if resumed is not None and launch.rank == 0:
+            print(describe_resume(resumed, config), flush=True)
         torch.set_num_threads(config.num_threads)  # per rank; this process is ours alone
         with process_group(launch) as device:
             result = train_distributed(config, args.run_dir, launch=launch, device=device,
+                                       resume=args.resume, overwrite=args.overwrite,
                                        dump_state=args.dump_state)
     except TrainingError as exc:
         print(f"bnserve.training.distributed: error: {exc}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"bnserve.training.distributed: {exc.hint(COMMAND)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        return 130
     if launch.rank == 0:
-        final = result.metrics["final"]
-        print(f"trained {config.model} on {result.metrics['dataset']} with {launch.world_size} "
-              f"rank{'s' if launch.world_size > 1 else ''} "
-              f"({result.metrics['distributed']['backend']}) in {result.seconds:.1f} s "
-              f"({result.metrics['epochs']} epochs): val accuracy {final['val_accuracy']:.2%} "
-              f"(best {result.metrics['best_val_accuracy']:.2%}), val loss {final['val_loss']:.4f}")
-        print(f"wrote {args.run_dir}/: checkpoint.pt, metrics.json, curves.png")
+        print(summary_line(result.metrics))
+        print(f"wrote {args.run_dir}/: checkpoint.pt, last.pt, metrics.json, curves.png")
     return 0
 
 

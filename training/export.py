@@ -7,6 +7,8 @@
                [--report: onnxruntime latency of folded, unfolded and no-BN graphs]
                --stage_version--> REPOSITORY/NAME/<version>/{model.onnx, metadata.json}
                   (the class labels also in model.onnx's metadata_props, bnserve.labels)
+               [--include-checkpoint: + checkpoint.pt without data rows, for the torch
+                recalibration engine; the run's validation rows never leave the run folder]
 
 Two entry points share that path: ``export_run`` for a zoo run folder, and
 ``export_module`` for a user's own module::
@@ -58,7 +60,7 @@ from bnserve.repository.publish import (
     stage_version,
 )
 from bnserve.training.card import build_model_card, sha256_of
-from bnserve.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from bnserve.training.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import ExportError, TrainingModeError
 from bnserve.training.models import batchnorm_layers, build_model, require_running_statistics
@@ -250,33 +252,43 @@ class _Source:
     samples: np.ndarray  # (K, *sample_shape) raw inputs, float32 or int64 tokens
     num_classes: int
     card_args: dict[str, Any]  # build_model_card's description of the model
-    checkpoint_file: Path | None  # copied into the version folder when given
+    checkpoint: Checkpoint | None  # published (without its data rows) when given
     held_out: np.ndarray | None = None  # clean rows never trained on: the drift threshold
     labels: tuple[str, ...] = ()  # class names, written into the graph's metadata too
 
 
 def export_run(run_dir: Path | str, repository: Path | str, name: str,
                version: int | None = None, *, fold: bool = True, report: bool = False,
-               latency_runs: int | None = None) -> ExportResult:
+               latency_runs: int | None = None,
+               include_checkpoint: bool = False) -> ExportResult:
     """Export the run's model into ``repository`` as ``name``/``version`` (default: next).
 
     ``fold=False`` keeps BatchNormalization nodes in the published graph. ``report=True``
     also measures onnxruntime latency of the folded, unfolded and no-BN graphs into the
-    card's ``latency``. Fails loudly (``ExportError`` or ``RepositoryError``) with nothing
-    written to the repository when the model has no running statistics, the export does
-    not verify, or the version exists.
+    card's ``latency``. ``include_checkpoint``: also publish checkpoint.pt, stripped of
+    the run's data rows (weights, statistics and figures only), which ``bnserve
+    recalibrate --engine torch`` rebuilds the model from; without it the version folder
+    holds graphs and the card only. The validation rows that verify the export and
+    calibrate the drift threshold are read from the run folder and never published.
+    Fails loudly (``ExportError`` or ``RepositoryError``) with nothing written to the
+    repository when the model has no running statistics, the export does not verify, or
+    the version exists.
     """
     start = time.perf_counter()
     check_model_name(name)
     if version is not None:
         check_new_version(repository, name, version)  # fail before the slow part
     ckpt = load_checkpoint(Path(run_dir))
+    if not ckpt.has_rows:
+        raise ExportError(f"{Path(run_dir) / CHECKPOINT_FILE} holds no validation rows to "
+                          "verify the export with (a published copy, not a run's): export "
+                          "from the run folder")
     model = InferenceModel(ckpt.build(), ckpt.statistics).eval()
     no_bn = InferenceModel(build_model(replace(ckpt.spec, norm="none")), ckpt.statistics)
     source = _Source(model=model, no_bn_model=no_bn.eval(), samples=ckpt.samples,
                      num_classes=ckpt.spec.num_classes, card_args={"checkpoint": ckpt},
-                     checkpoint_file=Path(run_dir) / CHECKPOINT_FILE, held_out=ckpt.held_out,
-                     labels=tuple(ckpt.labels))
+                     checkpoint=ckpt.without_rows() if include_checkpoint else None,
+                     held_out=ckpt.held_out, labels=tuple(ckpt.labels))
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
 
@@ -334,7 +346,7 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
                  "dataset": dataset, "labels": labels, "statistics": input_statistics,
                  "metrics": metrics}
     source = _Source(model=model, no_bn_model=no_bn, samples=samples, num_classes=num_classes,
-                     card_args=card_args, checkpoint_file=None, held_out=held_out,
+                     card_args=card_args, checkpoint=None, held_out=held_out,
                      labels=labels)
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
@@ -386,10 +398,11 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
             _write_graph_labels(staged_onnx, source.labels)  # before the card's sha256
             reference = _write_reference(staged.path, graphs["unfolded"], fold=fold,
                                          held_out=source.held_out)
-            if source.checkpoint_file is not None:
-                # The PyTorch source travels with the version, so `recalibrate` (and any
-                # later re-export) works from the repository alone; the server ignores it.
-                shutil.copyfile(source.checkpoint_file, staged.path / CHECKPOINT_FILE)
+            if source.checkpoint is not None:
+                # Asked for (--include-checkpoint): the PyTorch weights travel with the
+                # version, for `recalibrate --engine torch`; no data row does (the server
+                # ignores the file).
+                save_checkpoint(source.checkpoint, staged.path / CHECKPOINT_FILE)
             extra = {"latency": latency} if latency is not None else {}
             card = build_model_card(name=name, version=staged.version, onnx_path=staged_onnx,
                                     report=verification, torch_batchnorm_layers=num_bn,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnserve.training.checkpoint import Checkpoint
+from bnserve.training.checkpoint import VERIFICATION_SAMPLES, Checkpoint
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import RecalibrationError
 from bnserve.training.models import require_running_statistics
@@ -153,7 +153,7 @@ def recalibrate_checkpoint(ckpt: Checkpoint, x: np.ndarray, *, keep_input_statis
     net = ckpt.build()
     report = recalibrate_batchnorm(net, statistics.standardize(x), batch_size=batch_size,
                                    seed=seed)
-    rows = np.random.default_rng(seed).permutation(len(x))[:len(ckpt.samples)]
+    rows = np.random.default_rng(seed).permutation(len(x))[:VERIFICATION_SAMPLES]
     return replace(ckpt, state_dict=net.state_dict(), statistics=statistics,
                    samples=x[np.sort(rows)].copy(), held_out=None), report
 

@@ -151,7 +151,8 @@ def _train_and_export(subject: Subject, config: ReportConfig, work: Path):
                                epochs=config.epochs or subject.epochs, width=subject.width,
                                val_fraction=config.calibration_fraction, seed=config.seed,
                                num_threads=config.threads)
-    result = train(train_config, work / f"run-{subject.dataset}", progress=False)
+    result = train(train_config, work / f"run-{subject.dataset}", progress=False,
+                   overwrite=True)  # the report's own work folder
     _, x_cal, _, _ = split_dataset(load_training_data(train_config), train_config.val_fraction,
                                    train_config.seed)
     exported = export_run(result.run_dir, work / "models", subject.dataset)

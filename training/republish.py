@@ -3,6 +3,10 @@
     REPOSITORY/NAME/<source>/checkpoint.pt --recalibrate_checkpoint(new x)--> temp run folder
         --export_run (parity and batch independence verified as always)--> NAME/<next version>
 
+This is the torch engine: it needs the source version's checkpoint.pt, which ``bnserve
+export --include-checkpoint`` publishes (weights and statistics, no data rows); the new
+version carries one too. Without it, ``--engine onnxruntime`` works from the graphs alone.
+
 The source version is never touched. The new version's model card (``metadata.json``)
 records what was done under ``metrics.recalibration``: source version and its sha256, the
 data's sha256, sample count, and accuracy before and after when labels came with the data.
@@ -85,6 +89,11 @@ def recalibrate_version(repository: Path | str, name: str, x: np.ndarray, *,
         raise RecalibrationError(f"{name} has no version {source} in {repository} "
                                  f"(published: {', '.join(map(str, versions))})")
     source_dir = Path(repository) / name / str(source)
+    if not (source_dir / CHECKPOINT_FILE).is_file():
+        raise RecalibrationError(
+            f"{name} version {source} has no {CHECKPOINT_FILE}, which the torch engine "
+            "rebuilds the model from (export publishes it only with --include-checkpoint): "
+            "use --engine onnxruntime, or export the run again with --include-checkpoint")
     ckpt = load_checkpoint(source_dir)
     x = as_model_inputs(ckpt, x)
     y = None if y is None else _as_labels(y, len(x), len(ckpt.labels))  # refuse before work
@@ -112,7 +121,7 @@ def recalibrate_version(repository: Path | str, name: str, x: np.ndarray, *,
     new = replace(new, metrics={**ckpt.metrics, "recalibration": record})
     with tempfile.TemporaryDirectory(prefix="bnserve-recalibrate-") as run_dir:
         save_checkpoint(new, Path(run_dir) / CHECKPOINT_FILE)
-        exported = export_run(run_dir, repository, name)
+        exported = export_run(run_dir, repository, name, include_checkpoint=True)
     return RecalibrationResult(source_version=source, report=report, accuracy_before=before,
                                accuracy_after=after, record=record, export=exported)
 

@@ -191,3 +191,45 @@ def test_bnserve_train_points_at_torchrun(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "launched as one of several processes (WORLD_SIZE=2)" in refused.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_shares_the_loop_refusal_resume_patience_and_summary(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    options = ("--model", "mlp", "--run-dir", run, "--width", "8", "--batch-size", "32",
+               "--patience", "5")
+    first = torchrun("-m", "bnserve.training.distributed", *options, "--epochs", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "trained mlp on wine with 2 ranks (gloo) (norm batch)" in first.stdout
+    assert "(2 epochs): kept epoch" in first.stdout and "(lowest val loss)" in first.stdout
+
+    refused = torchrun("-m", "bnserve.training.distributed", *options, "--epochs", "2")
+    assert refused.returncode != 0
+    assert (f"already holds a finished run (checkpoint.pt, last.pt, metrics.json); not "
+            f"overwriting it: continue it with `torchrun --nproc_per_node=N -m "
+            f"bnserve.training.distributed --run-dir {run} --resume`") in refused.stderr
+
+    resumed = torchrun("-m", "bnserve.training.distributed", "--run-dir", run, "--resume",
+                       "--epochs", "3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at epoch 3, now of 3 (the run planned 2)" in resumed.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert (metrics["resumed_at_epoch"], metrics["patience"]) == (3, 5)
+    best = min(history, key=lambda h: h["val_loss"])
+    assert metrics["checkpoint_epoch"] == metrics["best_epoch"] == best["epoch"]
+    assert metrics["best"] == "lowest val loss"
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert len(state["rng"]) == 2 and state["world_size"] == 2  # every rank resumes its own
+
+    from bnserve.training.train import train
+
+    single = train(replace(TrainConfig(), model="mlp", dataset="wine", width=8, batch_size=32,
+                           patience=5, epochs=2), tmp_path / "single", progress=False)
+    assert set(metrics) == set(single.metrics) | {"distributed"}  # the same summary
+    refused_single = subprocess.run(
+        [sys.executable, "-m", "bnserve.cli", "train", "--run-dir", str(run), "--resume"],
+        capture_output=True, text=True, timeout=120)
+    assert refused_single.returncode == 1
+    assert "was trained by 2 process(es); resume it with as many (torchrun " in \
+        refused_single.stderr

@@ -30,8 +30,9 @@ DRY = TrainConfig(dry_run=True)
 
 def test_export_publishes_model_and_card(exported: ExportResult) -> None:
     assert exported.version == 1 and exported.path.name == "1"
+    # Graphs and the card only: no checkpoint.pt, no training rows (--include-checkpoint).
     assert sorted(p.name for p in exported.path.iterdir()) == [
-        "checkpoint.pt", "metadata.json", "model.onnx", "unfolded.onnx"
+        "metadata.json", "model.onnx", "unfolded.onnx"
     ]
     assert sorted(p.name for p in exported.path.parent.iterdir()) == ["1"]  # no staging left
     card = json.loads((exported.path / "metadata.json").read_text())

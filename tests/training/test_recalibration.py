@@ -67,7 +67,8 @@ class Published:
 def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
     root = tmp_path_factory.mktemp("recalibration")
     repository = root / "models"
-    source = build_digits_repository(repository, name="digits")  # version 1, the same split
+    # Version 1, the same split; with checkpoint.pt, which the torch engine rebuilds from.
+    source = build_digits_repository(repository, name="digits", include_checkpoint=True)
     config = TrainConfig()
     x_train, x_val, y_train, y_val = split_dataset(load_dataset("digits"), config.val_fraction,
                                                    config.seed)
