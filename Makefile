@@ -24,8 +24,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-serve
 
 # Train and export the default model only when the repository has none.
+# A finished run already in runs/ is exported, not trained again (train never overwrites it).
 $(REPOSITORY)/$(MODEL): | $(VENV)/.installed-serve
-	$(BIN)/bnserve train --model cnn --dataset digits --run-dir runs/$(MODEL)
+	test -f runs/$(MODEL)/checkpoint.pt || \
+		$(BIN)/bnserve train --model cnn --dataset digits --run-dir runs/$(MODEL)
 	$(BIN)/bnserve export --run-dir runs/$(MODEL) --repository $(REPOSITORY) --name $(MODEL)
 
 serve: $(VENV)/.installed-serve $(REPOSITORY)/$(MODEL)

@@ -182,17 +182,18 @@ def test_every_hyperparameter_is_validated(changes: dict, message: str) -> None:
 
 
 def test_bad_hyperparameters_and_too_few_rows_are_one_line_each(tmp_path: Path) -> None:
+    # A flag's value is refused by the parser: a usage error, exit 2.
     cli = bnserve("train", "--run-dir", tmp_path / "run", "--lr", "nan", "--dry-run")
-    assert cli.returncode == 1
-    assert stderr_lines(cli) == ["bnserve train: error: invalid training configuration: lr "
-                                 "(--lr) must be a finite number > 0, got nan"]
+    assert cli.returncode == 2
+    assert stderr_lines(cli) == ["bnserve train: error: argument --lr: must be a finite "
+                                 "number > 0, got nan (see bnserve train --help)"]
     assert not (tmp_path / "run").exists()
 
     x, y = features(5)
     data = npz(tmp_path / "tiny.npz", x, y)
     with pytest.raises(ConfigError, match=r"tiny.npz: too few rows for the validation split: "
                        r"val_fraction 0.2 of 5 rows gives 4 training and 1 validation rows, "
-                       r"and each needs one row of each of the 2 classes \(at least 10 rows"):
+                       r"and each needs one row of each of the 2 classes \(at least 6 rows"):
         train(replace(DRY, model="mlp", data=str(data)), tmp_path / "run", progress=False)
 
 
