@@ -332,34 +332,24 @@ def _lr_list(text: str) -> tuple[float, ...]:
     return values
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
-    return value
+def _number(accepts, expected: str):
+    """An argparse type for a float that ``accepts`` (NaN never does: it compares false),
+    refusing others as ``must be <expected>, got <text>``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):  # also refuses nan, which compares false
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+_non_negative_float = _number(lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+_positive_float = _number(lambda v: 0 < v < float("inf"), "a finite number > 0")
+_unit_interval = _number(lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def _fraction(text: str) -> float:
