@@ -81,9 +81,7 @@ def test_a_finished_run_is_never_overwritten_without_overwrite(tmp_path: Path) -
         train(replace(DRY, model="mlp", data=str(tmp_path / "missing.npz")), run,
               overwrite=True, progress=False)
     assert (run / "checkpoint.pt").read_bytes() == before
-    replaced = bnserve("train", "--run-dir", run, "--dry-run", "--width", "8", "--seed", "1",
-                       "--overwrite")
-    assert replaced.returncode == 0, replaced.stderr
+    train(replace(DRY, seed=1), run, overwrite=True, progress=False)  # in process: seconds less
     assert load_checkpoint(run).config["seed"] == 1
     both = bnserve("train", "--run-dir", run, "--resume", "--overwrite")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
