@@ -394,8 +394,8 @@ def run_train(args: argparse.Namespace) -> int:
 def _check_data(config: TrainConfig) -> None:
     """A user's --data: that it is an .npz archive and that its ``y`` is large enough for the
     train/validation split (the registered datasets always are), in a moment, with numpy
-    alone. The split rule belongs beside ``split_dataset`` in train.py; it is checked here
-    while that module is being changed for another issue."""
+    alone, before train.py imports torch; the rule itself is ``datasets.rows_for_split``,
+    which ``train.check_split`` applies to the loaded dataset too."""
     if config.data:
         from bnserve.training.datasets import check_npz_splits
 
