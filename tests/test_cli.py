@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+from support.cli import run_cli
 from support.subprocess_server import SubprocessServer
-
-BNSERVE = [sys.executable, "-m", "bnserve.cli"]
-
-
-def bnserve(*args: str, check: bool = True,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the command; ``env`` replaces every BNSERVE_* variable of this process's environment."""
-    environ = None
-    if env is not None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}
-        environ.update(env)
-    return subprocess.run([*BNSERVE, *args], capture_output=True, text=True, check=check,
-                          timeout=120, env=environ)
 
 
 @pytest.fixture(scope="module")
@@ -33,42 +18,42 @@ def served(digits_repository):
 
 
 def test_help_lists_every_subcommand():
-    out = bnserve("--help").stdout
+    out = run_cli("--help").stdout
     for command in ("train", "export", "compare", "recalibrate", "serve", "predict", "health",
                     "drift"):
         assert command in out
-    assert "--repository" in bnserve("serve", "--help").stdout
-    assert "--input" in bnserve("predict", "--help").stdout
+    assert "--repository" in run_cli("serve", "--help").stdout
+    assert "--input" in run_cli("predict", "--help").stdout
 
 
 def test_health(served):
-    assert bnserve("health", "--address", served.address).stdout.strip() == "ready"
-    assert bnserve("health", "--address", served.address, "--model", "digits").returncode == 0
-    missing = bnserve("health", "--address", served.address, "--model", "nope", check=False)
+    assert run_cli("health", "--address", served.address).stdout.strip() == "ready"
+    assert run_cli("health", "--address", served.address, "--model", "digits").returncode == 0
+    missing = run_cli("health", "--address", served.address, "--model", "nope")
     assert missing.returncode == 1
-    down = bnserve("health", "--address", "127.0.0.1:1", "--timeout", "1", check=False)
+    down = run_cli("health", "--address", "127.0.0.1:1", "--timeout", "1")
     assert down.returncode == 1
 
 
 def test_health_without_an_address_checks_the_port_bnserve_port_names(served):
     # What the image's HEALTHCHECK runs: `-e BNSERVE_PORT=...` moves the check with the server.
     here = {"BNSERVE_PORT": str(served.port)}
-    assert bnserve("health", env=here).stdout.strip() == "ready"
-    assert bnserve("health", "--model", "digits", env={**here, "BNSERVE_HOST": "0.0.0.0"}).returncode == 0
-    assert bnserve("health", "--live", env=here).stdout.strip() == "live"
-    elsewhere = bnserve("health", "--timeout", "1", env={"BNSERVE_PORT": "1"}, check=False)
+    assert run_cli("health", env=here).stdout.strip() == "ready"
+    assert run_cli("health", "--model", "digits", env={**here, "BNSERVE_HOST": "0.0.0.0"}).returncode == 0
+    assert run_cli("health", "--live", env=here).stdout.strip() == "live"
+    elsewhere = run_cli("health", "--timeout", "1", env={"BNSERVE_PORT": "1"})
     assert elsewhere.returncode == 1 and elsewhere.stdout.strip() == "not ready"
-    not_live = bnserve("health", "--live", "--timeout", "1", env={"BNSERVE_PORT": "1"}, check=False)
+    not_live = run_cli("health", "--live", "--timeout", "1", env={"BNSERVE_PORT": "1"})
     assert not_live.returncode == 1 and "not live" in not_live.stderr
 
 
 def test_health_refuses_a_port_it_cannot_check():
     for port, says in (("0", "BNSERVE_PORT=0 lets the server pick a free port"),
                        ("eighty", "BNSERVE_PORT='eighty' is not a port number")):
-        result = bnserve("health", env={"BNSERVE_PORT": port}, check=False)
+        result = run_cli("health", env={"BNSERVE_PORT": port})
         assert result.returncode == 2 and says in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
-    both = bnserve("health", "--live", "--model", "digits", check=False)
+    both = run_cli("health", "--live", "--model", "digits")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
@@ -85,26 +70,26 @@ def test_health_speaks_tls_when_the_server_does(digits_repository, tmp_path):
                           "--tls-private-key", str(key_file)) as server:
         port = str(server.port)
         # As in the image: BNSERVE_TLS_CERTIFICATE set means TLS, trusting that certificate.
-        local = bnserve("health", env={"BNSERVE_PORT": port, "BNSERVE_TLS_CERTIFICATE": str(cert_file)},
-                        check=False)
+        local = run_cli("health", env={"BNSERVE_PORT": port,
+                                       "BNSERVE_TLS_CERTIFICATE": str(cert_file)})
         assert local.returncode == 0, local.stderr
-        plaintext = bnserve("health", "--timeout", "2", env={"BNSERVE_PORT": port}, check=False)
+        plaintext = run_cli("health", "--timeout", "2", env={"BNSERVE_PORT": port})
         assert plaintext.returncode == 1
-        explicit = bnserve("health", "--address", server.address, "--tls-ca", str(ca_file),
-                           "--tls-server-name", "bnserve.example.com", env={}, check=False)
+        explicit = run_cli("health", "--address", server.address, "--tls-ca", str(ca_file),
+                           "--tls-server-name", "bnserve.example.com", env={})
         assert explicit.returncode == 0, explicit.stderr
-        wrong_name = bnserve("health", "--address", server.address, "--tls-ca",
-                             str(ca_file), "--timeout", "2", env={}, check=False)
+        wrong_name = run_cli("health", "--address", server.address, "--tls-ca",
+                             str(ca_file), "--timeout", "2", env={})
         assert wrong_name.returncode == 1  # the certificate does not name 127.0.0.1
 
 
 def test_predict_prints_and_saves(served, digits_data, tmp_path):
     images, labels = digits_data
     np.save(tmp_path / "x.npy", images[:5])
-    printed = bnserve("predict", "--model", "digits", "--input", str(tmp_path / "x.npy"),
+    printed = run_cli("predict", "--model", "digits", "--input", str(tmp_path / "x.npy"),
                       "--address", served.address).stdout
     assert "argmax per row:" in printed
-    saved = bnserve("predict", "--model", "digits", "--input", str(tmp_path / "x.npy"),
+    saved = run_cli("predict", "--model", "digits", "--input", str(tmp_path / "x.npy"),
                     "--address", served.address, "--output", str(tmp_path / "y.npy"))
     assert "saved float32 [5, 10]" in saved.stdout
     probabilities = np.load(tmp_path / "y.npy")
@@ -113,15 +98,15 @@ def test_predict_prints_and_saves(served, digits_data, tmp_path):
 
 def test_predict_reports_errors_without_a_traceback(served, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 3), np.float32))
-    result = bnserve("predict", "--model", "digits", "--input", str(tmp_path / "bad.npy"),
-                     "--address", served.address, check=False)
+    result = run_cli("predict", "--model", "digits", "--input", str(tmp_path / "bad.npy"),
+                     "--address", served.address)
     assert result.returncode == 1
     assert "INVALID_ARGUMENT" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sigterm_stops_the_server_cleanly(digits_repository):
     with SubprocessServer(digits_repository) as server:
-        assert bnserve("health", "--address", server.address).returncode == 0
+        assert run_cli("health", "--address", server.address).returncode == 0
         started = time.monotonic()
         code = server.terminate()
         elapsed = time.monotonic() - started
@@ -132,14 +117,13 @@ def test_sigterm_stops_the_server_cleanly(digits_repository):
 
 
 def test_serve_start_up_errors_are_one_clear_line(served, tmp_path):
-    taken = bnserve("serve", "--repository", str(tmp_path), "--host", "127.0.0.1",
-                    "--port", str(served.port), check=False)
+    taken = run_cli("serve", "--repository", str(tmp_path), "--host", "127.0.0.1",
+                    "--port", str(served.port))
     assert taken.returncode == 1
     assert f"cannot listen on 127.0.0.1:{served.port} (is the port taken?)" in taken.stderr
-    missing = bnserve("serve", "--repository", str(tmp_path / "nope"), "--port", "0",
-                      check=False)
+    missing = run_cli("serve", "--repository", str(tmp_path / "nope"), "--port", "0")
     assert missing.returncode == 1 and "is not a directory" in missing.stderr
-    invalid = bnserve("serve", "--repository", str(tmp_path), "--port", "70000", check=False)
+    invalid = run_cli("serve", "--repository", str(tmp_path), "--port", "70000")
     assert invalid.returncode == 2 and "port: Input should be less than or equal to 65535" in (
         invalid.stderr
     )
@@ -148,8 +132,8 @@ def test_serve_start_up_errors_are_one_clear_line(served, tmp_path):
 
 
 def test_serve_refuses_an_unavailable_device_at_start(digits_repository):
-    result = bnserve("serve", "--repository", str(digits_repository), "--port", "0",
-                     "--device", "cuda", check=False)
+    result = run_cli("serve", "--repository", str(digits_repository), "--port", "0",
+                     "--device", "cuda")
     assert result.returncode == 1
     assert "no CUDAExecutionProvider" in result.stderr and "Traceback" not in result.stderr
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+
+from support.cli import CliResult, run_cli
 
 WITHOUT_TRAINING = r"""
 import importlib.abc, sys
@@ -25,16 +25,13 @@ class NotInstalled(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 sys.meta_path.insert(0, NotInstalled())
-from bnserve.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
-def bnserve(*args: object, without_training: bool = True) -> subprocess.CompletedProcess[str]:
-    command = ([sys.executable, "-c", WITHOUT_TRAINING] if without_training
-               else [sys.executable, "-m", "bnserve.cli"])
-    return subprocess.run([*command, "--log-level", "WARNING", *map(str, args)],
-                          capture_output=True, text=True, timeout=180)
+def bnserve(*args: object) -> CliResult:
+    """``bnserve recalibrate ...`` where the training extra cannot be imported."""
+    return run_cli("--log-level", "WARNING", *map(str, args), before=WITHOUT_TRAINING,
+                   timeout=180)
 
 
 def accuracy_line(stdout: str) -> tuple[float, float]:
@@ -102,8 +99,8 @@ def test_refusals_are_one_line_and_write_nothing(setup, tmp_path):
     done = bnserve("recalibrate", "--model", "digits", "--data", tmp_path / "rows.npy",
                    "--repository", models)
     assert done.returncode == 1 and "shape [8, 64], expected [N, 1, 8, 8]" in done.stderr
-    torch_prior = bnserve("recalibrate", "--engine", "torch", "--model", "digits", "--data",
-                          tmp_path / "rows.npy", "--prior-strength", "4", without_training=False)
+    torch_prior = run_cli("recalibrate", "--engine", "torch", "--model", "digits", "--data",
+                          tmp_path / "rows.npy", "--prior-strength", "4")
     assert torch_prior.returncode == 2 and "--prior-strength needs --engine onnxruntime" in \
         torch_prior.stderr
     assert sorted(p.name for p in (models / "digits").iterdir()) == before

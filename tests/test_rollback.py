@@ -15,18 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from bnserve.client import Client
+from support.cli import run_cli
 from support.subprocess_server import SubprocessServer
 from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-BNSERVE = [sys.executable, "-m", "bnserve.cli", "--log-level", "WARNING"]
 
-
-def bnserve(*args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*BNSERVE, *map(str, args)], capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 def served_versions(client: Client) -> tuple[str, ...]:
@@ -47,8 +41,9 @@ def test_pin_roll_out_and_roll_back_with_the_readmes_commands(digits_repository,
                           "0.2", "--admin-token-file", str(token)) as server, \
             Client(server.address, admin_token="change-me") as client:
         assert served_versions(client) == ("1",)
-        published = bnserve("recalibrate", "--model", "digits", "--data",
-                            tmp_path / "shifted.npz", "--repository", models).stdout
+        published = run_cli("--log-level", "WARNING", "recalibrate", "--model", "digits",
+                            "--data", tmp_path / "shifted.npz", "--repository", models,
+                            check=True).stdout
         assert "published digits version 2" in published
         assert "with no config.pbtxt, a server serves the highest version" in published
         wait_for(lambda: served_versions(client) == ("2",))  # the default: latest 1
@@ -64,8 +59,8 @@ def test_pin_roll_out_and_roll_back_with_the_readmes_commands(digits_repository,
         config.write_text("version_policy { specific { versions: [1] } }\n")  # roll back
         wait_for(lambda: served_versions(client) == ("1",))
         np.testing.assert_array_equal(client.predict("digits", x), v1)
-        index = bnserve("repository", "index", "--address", server.address,
-                        "--admin-token-file", token).stdout
+        index = run_cli("repository", "index", "--address", server.address,
+                        "--admin-token-file", token, check=True).stdout
         assert "READY" in index and "is not selected by the version policy (specific 1)" in index
 
     config.unlink()
@@ -75,8 +70,8 @@ def test_pin_roll_out_and_roll_back_with_the_readmes_commands(digits_repository,
                           "--admin-token-file", str(token)) as server, \
             Client(server.address) as client:
         assert served_versions(client) == ("2",)
-        loaded = bnserve("repository", "load", "digits", "--config", pin, "--address",
-                         server.address, "--admin-token-file", token).stdout
+        loaded = run_cli("repository", "load", "digits", "--config", pin, "--address",
+                         server.address, "--admin-token-file", token, check=True).stdout
         assert loaded.strip() == "loaded digits: ready versions 1"
         assert served_versions(client) == ("1",)
         np.testing.assert_array_equal(client.predict("digits", x), v1)

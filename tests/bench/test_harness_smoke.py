@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "serving.py"
 def test_one_scenario_writes_the_report(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(BENCH), "--models", "mlp", "--scenarios", "1x4",
                     "--modes", "unary", "stream", "--duration", "0.4", "--warmup", "0.1",
+                    "--repeat", "1",
                     "--out", str(tmp_path)], check=True, timeout=120,
                    stdout=subprocess.DEVNULL)
     report = json.loads((tmp_path / "serving.json").read_text())

@@ -9,7 +9,6 @@ answered but not counted is invisible to an operator.
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -288,8 +287,7 @@ def test_a_request_past_its_queue_timeout_gets_deadline_exceeded(server, channel
     single = np.ones((1, SLOW_WIDTH), np.float32)
     request = infer_request("slow", single)
     request.parameters["timeout"].int64_param = 1000  # microseconds in the queue
-    with _BusySlowModel(server, channel):
-        time.sleep(0.05)  # let the busy loop's run start; the queue is empty now
+    with _BusySlowModel(server, channel):  # a run in flight, the queue empty
         before = scrape(server)
         details = refused(channel, "ModelInfer", request.SerializeToString(),
                           grpc.StatusCode.DEADLINE_EXCEEDED)

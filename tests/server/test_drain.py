@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -114,7 +113,9 @@ def test_drain_under_load_loses_no_accepted_call(repository, signum):
                             pause_s=FAST_PAUSE_S)]
         prober = HealthProber(server.address, ("", SERVICE_NAME))
         _start(loops, prober)
-        time.sleep(0.3)  # steady load: a batch running and one queued
+        # Steady load: every slow client on its second call, a batch running and one queued.
+        wait_for(lambda: all(sum(c.code == OK for c in loop.calls) >= 2 for loop in loops
+                             if loop.kind == "slow"), timeout=20, what="two answers per slow client")
         sent = server.send(signum)
         code, exited = server.wait_exit(timeout=WINDOW_S + GRACE_S + 5)
         calls = _stop(loops, prober)
@@ -173,7 +174,10 @@ def test_a_second_signal_stops_within_a_second(repository, second):
         first = server.send(signal.SIGTERM)
         wait_for(lambda: prober.first(SERVICE_NAME, "NOT_SERVING", after=first) is not None,
                  timeout=5, what="NOT_SERVING")
-        time.sleep(0.2)  # well inside the 30 s window, a slow call in flight
+        # Well inside the 30 s window: a call sent after the signal was answered, and the
+        # client's next one is in flight.
+        wait_for(lambda: any(c.started > first and c.code == OK for c in loops[0].calls),
+                 timeout=10, what="an answer to a call sent in the window")
         sent = server.send(second)
         code, exited = server.wait_exit(timeout=10)
         calls = _stop(loops, prober)

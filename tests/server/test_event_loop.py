@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,7 @@ from support.subprocess_server import SubprocessServer
 FP32_WIDTH = 1 << 20  # 4 MiB a row: 15 rows = 60 MiB
 BYTES_WIDTH = 4096  # 63 rows of 4096 items of 240 bytes = 60 MiB
 PERIOD_S = 0.4  # each kind starts a call every 0.4 s: 5 x 60 MiB a second, to both servers
+SENDING_S = 5  # per server; health is measured from the first answers to the sender's end
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 SENDER = SUPPORT / "heavy_sender.py"
 BARE_SERVER = SUPPORT / "bare_server.py"
@@ -64,13 +66,14 @@ def server(tmp_path_factory):
         yield running
 
 
-def _health_latencies(address: str, seconds: float) -> list[float]:
+def _health_latencies(address: str, keep_going: Callable[[], bool]) -> list[float]:
+    """Health-check latencies, one check every ~10 ms while ``keep_going()``."""
     with grpc.insecure_channel(address) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
         check(health_pb2.HealthCheckRequest(), timeout=10)
-        latencies, end = [], time.monotonic() + seconds
+        latencies = []
         with no_collection_pauses():
-            while time.monotonic() < end:
+            while keep_going():
                 started = time.perf_counter()
                 check(health_pb2.HealthCheckRequest(), timeout=10)
                 latencies.append(time.perf_counter() - started)
@@ -80,15 +83,16 @@ def _health_latencies(address: str, seconds: float) -> list[float]:
 
 def _under_load(address: str) -> tuple[list[float], list[float], dict]:
     """Health-check latencies alone, then while the sender keeps 60 MiB calls in flight."""
-    baseline = _health_latencies(address, 1.0)
+    end = time.monotonic() + 1.0
+    baseline = _health_latencies(address, lambda: time.monotonic() < end)
     sender = subprocess.Popen(
-        [sys.executable, str(SENDER), address, "10",
+        [sys.executable, str(SENDER), address, str(SENDING_S),
          f"wide_fp32:FP32:15:{FP32_WIDTH}:0:{PERIOD_S}",
          f"wide_bytes:BYTES:63:{BYTES_WIDTH}:240:{PERIOD_S}"],
         stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)  # the first large calls are on their way
-        loaded = _health_latencies(address, 6.0)
+        assert sender.stdout.readline().strip() == "in flight"
+        loaded = _health_latencies(address, lambda: sender.poll() is None)
         out, _ = sender.communicate(timeout=120)
     finally:
         sender.kill()
@@ -116,7 +120,7 @@ def _summary(name: str, baseline, loaded) -> str:
 def test_health_checks_stay_quick_while_60_mib_requests_are_in_flight(server, bare_address):
     baseline, loaded, answered = _under_load(server.address)
     # The large calls were really served, and several were in flight while we measured.
-    assert all(set(counts) == {"OK"} and counts["OK"] >= 10 for counts in answered.values()), \
+    assert all(set(counts) == {"OK"} and counts["OK"] >= 5 for counts in answered.values()), \
         answered
     # The same traffic to a bare grpc.aio server that does nothing with it: grpc itself
     # copies each received message on the event loop (three copies, holding the GIL), about

@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from bnserve.server.app import build_server
 from bnserve.server.settings import ServerSettings
 from support import onnx_graphs
 from support.certificates import Authority, key_pem, new_key
+from support.cli import BNSERVE, CliResult, run_cli
 from support.server_thread import ServerThread
 from support.waiting import wait_for
 
@@ -39,7 +39,6 @@ ADMIN = "admin-token-ZYXWVUT"
 SECRETS = (TOKEN_A, TOKEN_B, TOKEN_C, ADMIN)
 X = np.ones((2, 4), np.float32)
 SERVICE = "inference.GRPCInferenceService"
-BNSERVE = [sys.executable, "-m", "bnserve.cli"]
 
 
 def _free_port(host: str) -> int | None:
@@ -263,9 +262,8 @@ def test_tokens_never_reach_the_logs(token_server, caplog, capfd):
 
 
 def test_the_command_line_client_sends_the_token_from_a_file(token_server, secrets):
-    def health(*flags: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*BNSERVE, "health", "--address", token_server.address, *flags],
-                              capture_output=True, text=True, timeout=60)
+    def health(*flags: str) -> CliResult:
+        return run_cli("health", "--address", token_server.address, *flags)
 
     assert health("--auth-token-file", str(secrets.tokens)).stdout.strip() == "ready"
     refused = health()
@@ -310,9 +308,8 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(mtls_serv
 def test_the_command_line_client_presents_a_certificate(mtls_server, pki):
     address = mtls_server.address
     tls = ["--tls-ca", str(pki.ca), "--timeout", "10"]
-    ready = subprocess.run([*BNSERVE, "health", "--address", address, *tls, "--tls-certificate",
-                            str(pki.client), "--tls-private-key", str(pki.client_key)],
-                           capture_output=True, text=True, timeout=60)
+    ready = run_cli("health", "--address", address, *tls, "--tls-certificate", pki.client,
+                    "--tls-private-key", pki.client_key)
     assert ready.returncode == 0 and ready.stdout.strip() == "ready", ready.stderr
 
 

@@ -5,7 +5,9 @@ side). Usage: heavy_sender.py ADDRESS SECONDS MODEL:DATATYPE:ROWS:WIDTH:ITEM_BYT
 Each spec gets one thread that sends the same pre-serialized request again and again, one
 call at a time, starting one at most every PERIOD_S seconds (so that two servers compared
 get the same traffic).
-Prints one JSON line: per spec, calls answered OK and the status names of the others.
+Prints "in flight" once every spec's first call has been answered (the load is on: the
+measuring side starts then, instead of sleeping a guess), then, at the end, one JSON line:
+per spec, calls answered OK and the status names of the others.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     address, seconds, *specs = sys.argv[1:]
     options = [("grpc.max_send_message_length", 1 << 27), ("grpc.max_receive_message_length", 1 << 27)]
     results: dict[str, dict[str, int]] = {}
+    first_answers = threading.Barrier(len(specs), action=lambda: print("in flight", flush=True))
 
     def send(spec: str) -> None:
         model, datatype, rows, width, item, *period = spec.split(":")
@@ -54,6 +57,8 @@ def main() -> None:
                 except grpc.RpcError as exc:
                     code = exc.code().name
                 counts[code] = counts.get(code, 0) + 1
+                if sum(counts.values()) == 1:
+                    first_answers.wait(timeout=60)
                 time.sleep(max(0.0, started + every - time.monotonic()))
 
     threads = [threading.Thread(target=send, args=(spec,)) for spec in specs]

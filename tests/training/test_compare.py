@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from bnserve.training.compare import (
 )
 from bnserve.training.config import TrainConfig
 from bnserve.training.models import batchnorm_layers
+from support.cli import run_cli, run_cli_in_process
 
 SEEDS, LRS = (0, 1), (0.003, 0.03)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -116,15 +115,10 @@ def test_refuses_bad_options_before_training(tmp_path: Path, options: dict) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-def bnserve(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=240)
-
-
 def test_cli_prints_the_table_and_writes_the_comparison(tmp_path: Path) -> None:
     out = tmp_path / "compare"
-    done = bnserve("compare", "--model", "mlp", "--dataset", "breast_cancer", "--out", out,
-                   "--seeds", "3", "--target", "0.999", "--width", "8", "--dry-run")
+    done = run_cli("compare", "--model", "mlp", "--dataset", "breast_cancer", "--out", out,
+                   "--seeds", "3", "--target", "0.999", "--width", "8", "--dry-run", timeout=240)
     assert done.returncode == 0, done.stderr
     assert "mlp on breast_cancer, 1 dry-run epoch, seeds 3" in done.stdout
     assert "| batch | 0.003 | not reached (–) |" in done.stdout
@@ -135,5 +129,5 @@ def test_cli_prints_the_table_and_writes_the_comparison(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["batch-lr0.003-seed3",
                                                                 "none-lr0.003-seed3"]
 
-    refused = bnserve("compare", "--out", out, "--seeds", "0,0")
+    refused = run_cli_in_process("compare", "--out", out, "--seeds", "0,0")
     assert refused.returncode == 2 and "repeated value" in refused.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -27,9 +28,9 @@ from bnserve.training.sync_batchnorm import (
     to_sync_batchnorm,
 )
 from support import sync_batchnorm_worker as worker
+from support.cli import run_cli_in_process
 
 WORKER = Path(worker.__file__)
-DRY_RUN_STEPS = TrainConfig().dry_run_steps
 
 
 def torchrun(*args: str | Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:
@@ -141,14 +142,24 @@ def test_launch_needs_torchrun_and_an_even_global_batch(tmp_path: Path) -> None:
                           launch=Launch(0, 3, 0), device=torch.device("cpu"))
 
 
-def test_torchrun_two_ranks_agree_and_the_run_exports(tmp_path: Path) -> None:
-    run_dir, dumps, repository = tmp_path / "run", tmp_path / "ranks", tmp_path / "models"
-    done = torchrun("-m", "bnserve.training.distributed", "--model", "cnn",
-                    "--dataset", "digits", "--run-dir", run_dir, "--dry-run", "--width", "4",
-                    "--seed", "1", "--dump-state", dumps)
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """One torchrun launch (each costs seconds) that the tests below share: the digits CNN,
+    2 epochs on 2 ranks, with both ranks' final state dumped. (run folder, dumps, stdout)"""
+    root = tmp_path_factory.mktemp("ddp")
+    run_dir, dumps = root / "run", root / "ranks"
+    done = torchrun("-m", "bnserve.training.distributed", "--model", "cnn", "--dataset",
+                    "digits", "--run-dir", run_dir, "--epochs", "2", "--width", "4", "--seed",
+                    "1", "--patience", "5", "--dump-state", dumps)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "trained cnn on digits with 2 ranks (gloo)" in done.stdout
     assert "train cnn/digits x2" in done.stderr  # one progress bar: rank 0's
+    return run_dir, dumps, done.stdout
+
+
+def test_torchrun_two_ranks_agree_and_the_run_exports(two_rank_run, tmp_path: Path) -> None:
+    run_dir, dumps, stdout = two_rank_run
+    assert "trained cnn on digits with 2 ranks (gloo) (norm batch)" in stdout
+    assert "(2 epochs): kept epoch" in stdout and "(lowest val loss)" in stdout
 
     rank0, rank1 = (torch.load(dumps / f"rank{r}.pt") for r in (0, 1))
     assert rank0.keys() == rank1.keys()
@@ -159,48 +170,41 @@ def test_torchrun_two_ranks_agree_and_the_run_exports(tmp_path: Path) -> None:
     for key in running:  # the statistics really moved from their initial 0 and 1
         initial = 0.0 if key.endswith("mean") else 1.0
         assert (rank0[key] - initial).abs().max() > 1e-3, key
-    tracked = {int(v) for k, v in rank0.items() if k.endswith("num_batches_tracked")}
-    assert tracked == {DRY_RUN_STEPS}
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["distributed"] == {"world_size": 2, "backend": "gloo", "batch_size": 64,
                                       "batch_size_per_rank": 32}
-    assert (metrics["epochs"], metrics["steps_per_epoch"], metrics["seed"]) == (1, 3, 1)
+    assert (metrics["epochs"], metrics["seed"]) == (2, 1)
     assert metrics["num_train"] + metrics["num_val"] == 1797
+    # The ranks keep the kept epoch's state, which is what the checkpoint holds.
+    tracked = {int(v) for k, v in rank0.items() if k.endswith("num_batches_tracked")}
+    assert tracked == {metrics["checkpoint_epoch"] * metrics["steps_per_epoch"]}
     ckpt = load_checkpoint(run_dir)
     assert all(torch.equal(ckpt.state_dict[k], rank0[k]) for k in rank0)
     model = ckpt.build()
     assert {type(m) for m in batchnorm_layers(model)} == {nn.BatchNorm1d, nn.BatchNorm2d}
 
-    result = export_run(run_dir, repository, "digits-ddp")
+    result = export_run(run_dir, tmp_path / "models", "digits-ddp")
     assert result.report.ok
     bn = result.card["batchnorm"]
     assert (bn["torch_layers"], bn["onnx_nodes"], bn["folded"]) == (7, 0, 7)
     assert result.card["metrics"]["distributed"]["world_size"] == 2
 
 
-def test_bnserve_train_points_at_torchrun(tmp_path: Path) -> None:
-    def bnserve(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)],
-                              capture_output=True, text=True, timeout=60,
-                              env=dict(os.environ, **env))
-
-    help_text = " ".join(bnserve("train", "--help").stdout.split())
+def test_bnserve_train_points_at_torchrun(tmp_path: Path, monkeypatch) -> None:
+    help_text = " ".join(run_cli_in_process("train", "--help").stdout.split())
     assert "torchrun --nproc_per_node=N -m bnserve.training.distributed" in help_text
-    refused = bnserve("train", "--run-dir", tmp_path / "run", "--dry-run", WORLD_SIZE="2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    refused = run_cli_in_process("train", "--run-dir", tmp_path / "run", "--dry-run")
     assert refused.returncode == 1
     assert "launched as one of several processes (WORLD_SIZE=2)" in refused.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_torchrun_shares_the_loop_refusal_resume_patience_and_summary(tmp_path: Path) -> None:
+def test_torchrun_shares_the_loop_refusal_resume_patience_and_summary(
+        two_rank_run, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    options = ("--model", "mlp", "--run-dir", run, "--width", "8", "--batch-size", "32",
-               "--patience", "5")
-    first = torchrun("-m", "bnserve.training.distributed", *options, "--epochs", "2")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "trained mlp on wine with 2 ranks (gloo) (norm batch)" in first.stdout
-    assert "(2 epochs): kept epoch" in first.stdout and "(lowest val loss)" in first.stdout
+    shutil.copytree(two_rank_run[0], run)  # resumed here; the shared run stays as it was
 
     # The refusal is the shared loop's (check_run_dir, as `bnserve train` runs it), naming
     # the torchrun command: checked in process, one launch fewer (each costs seconds).
@@ -233,9 +237,7 @@ def test_torchrun_shares_the_loop_refusal_resume_patience_and_summary(tmp_path: 
     single = train(replace(TrainConfig(), model="mlp", dataset="wine", width=8, batch_size=32,
                            patience=5, epochs=2), tmp_path / "single", progress=False)
     assert set(metrics) == set(single.metrics) | {"distributed"}  # the same summary
-    refused_single = subprocess.run(
-        [sys.executable, "-m", "bnserve.cli", "train", "--run-dir", str(run), "--resume"],
-        capture_output=True, text=True, timeout=120)
+    refused_single = run_cli_in_process("train", "--run-dir", run, "--resume")
     assert refused_single.returncode == 1
     assert "was trained by 2 process(es); resume it with as many (torchrun " in \
         refused_single.stderr

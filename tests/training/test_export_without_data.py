@@ -4,8 +4,6 @@ publishes weights and statistics only, which the torch recalibration engine stil
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from bnserve.training.errors import ExportError, RecalibrationError
 from bnserve.training.export import ExportResult, export_run
 from bnserve.training.republish import recalibrate_version
 from bnserve.training.train import TrainResult
+from support.cli import run_cli_in_process
 
 
 def holds_rows(folder: Path, rows: np.ndarray) -> list[str]:
@@ -41,10 +40,8 @@ def test_include_checkpoint_publishes_weights_without_rows_for_the_torch_engine(
         trained_run: TrainResult, exported: ExportResult, tmp_path: Path) -> None:
     run_ckpt = load_checkpoint(trained_run.run_dir)
     repository = tmp_path / "models"
-    done = subprocess.run([sys.executable, "-m", "bnserve.cli", "--log-level", "WARNING",
-                           "export", "--run-dir", str(trained_run.run_dir), "--repository",
-                           str(repository), "--name", "digits", "--include-checkpoint"],
-                          capture_output=True, text=True, timeout=240)
+    done = run_cli_in_process("export", "--run-dir", trained_run.run_dir, "--repository",
+                              repository, "--name", "digits", "--include-checkpoint")
     assert done.returncode == 0, done.stderr
     version = repository / "digits" / "1"
     published = load_checkpoint(version)

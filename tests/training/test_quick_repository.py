@@ -1,4 +1,7 @@
-"""build_digits_repository: the real exported BN model other packages' tests start from."""
+"""build_digits_repository: the real exported BN model other packages' tests start from.
+
+The session's ``digits_repository`` fixture is that function's output (with
+``include_checkpoint=True``); it is checked here rather than trained a second time."""
 
 from __future__ import annotations
 
@@ -8,12 +11,13 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bnserve.training.datasets import load_dataset
-from bnserve.training.quick import build_digits_repository
 
 
-def test_quick_repository_holds_a_working_digits_model(tmp_path: Path) -> None:
-    version_dir = build_digits_repository(tmp_path / "models")
-    assert version_dir == tmp_path / "models" / "digits" / "1"
+def test_quick_repository_holds_a_working_digits_model(digits_repository: Path) -> None:
+    assert sorted(p.name for p in digits_repository.iterdir()) == ["digits"]
+    version_dir = digits_repository / "digits" / "1"
+    assert sorted(p.name for p in (digits_repository / "digits").iterdir()) == ["1"]
+    assert {"model.onnx", "metadata.json", "checkpoint.pt"} <= {p.name for p in version_dir.iterdir()}
     card = json.loads((version_dir / "metadata.json").read_text())
     assert card["batchnorm"]["torch_layers"] == 7 and card["batchnorm"]["onnx_nodes"] == 0
     session = ort.InferenceSession(str(version_dir / "model.onnx"),

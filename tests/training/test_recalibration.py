@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from bnserve.training.checkpoint import load_checkpoint
 from bnserve.training.config import TrainConfig
 from bnserve.training.datasets import InputStatistics, load_dataset
 from bnserve.training.errors import RecalibrationError
-from bnserve.training.quick import build_digits_repository
 from bnserve.training.recalibrate import recalibrate_batchnorm, recalibrate_checkpoint
 from bnserve.training.republish import accuracy, load_recalibration_data, recalibrate_version
 from bnserve.training.train import split_dataset
+from support.cli import CliResult, run_cli, run_cli_in_process
 
 CONTRAST, OFFSET = 0.5, 6.0
 STAT_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -56,7 +55,7 @@ class Published:
     y_test: np.ndarray
     x_clean: np.ndarray  # the same held-out images, unshifted
     source_hashes_before: dict[str, str]
-    cli: subprocess.CompletedProcess[str]  # -> version 2: all statistics re-estimated
+    cli: CliResult  # -> version 2: all statistics re-estimated
     bn_only_version: int  # -> version 3, Python API: input statistics kept from training
 
     def version(self, v: int) -> Path:
@@ -64,11 +63,13 @@ class Published:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
+def published(tmp_path_factory: pytest.TempPathFactory, digits_repository: Path) -> Published:
     root = tmp_path_factory.mktemp("recalibration")
     repository = root / "models"
-    # Version 1, the same split; with checkpoint.pt, which the torch engine rebuilds from.
-    source = build_digits_repository(repository, name="digits", include_checkpoint=True)
+    # The session's digits CNN (TrainConfig's split; with checkpoint.pt, which the torch
+    # engine rebuilds from), copied: this module publishes versions next to it.
+    shutil.copytree(digits_repository, repository)
+    source = repository / "digits" / "1"
     config = TrainConfig()
     x_train, x_val, y_train, y_val = split_dataset(load_dataset("digits"), config.val_fraction,
                                                    config.seed)
@@ -76,12 +77,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
     np.savez(npz, x=shift(x_train), y=y_train)  # y only makes the CLI report accuracy
     hashes = file_hashes(source)
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "bnserve.cli", "--log-level", "WARNING", "recalibrate",
-         "--engine", "torch", "--model", "digits", "--data", str(npz), "--repository",
-         str(repository)],
-        capture_output=True, text=True, timeout=240,
-    )
+    cli = run_cli("--log-level", "WARNING", "recalibrate", "--engine", "torch", "--model",
+                  "digits", "--data", npz, "--repository", repository, timeout=240)
     bn_only = recalibrate_version(repository, "digits", shift(x_train), version=1,
                                   keep_input_statistics=True)
     return Published(repository, npz, shift(x_train), shift(x_val), y_val, x_val, hashes, cli,
@@ -247,12 +244,8 @@ def test_data_that_does_not_fit_is_refused(published: Published, tmp_path: Path)
         recalibrate_version(published.repository, "digits", published.x_recal, version=9)
 
     before = sorted(p.name for p in (published.repository / "digits").iterdir())
-    cli = subprocess.run(
-        [sys.executable, "-m", "bnserve.cli", "recalibrate", "--engine", "torch", "--model",
-         "digits", "--data", str(tmp_path / "no_x.npz"), "--repository",
-         str(published.repository)],
-        capture_output=True, text=True, timeout=120,
-    )
+    cli = run_cli_in_process("recalibrate", "--engine", "torch", "--model", "digits", "--data",
+                             tmp_path / "no_x.npz", "--repository", published.repository)
     assert cli.returncode == 1 and "has no array 'x'" in cli.stderr, cli.stderr
     assert "nothing was written" in cli.stderr and "Traceback" not in cli.stderr
     assert sorted(p.name for p in (published.repository / "digits").iterdir()) == before

@@ -1,23 +1,20 @@
-"""`bnserve train` and `bnserve export` as a user runs them: a subprocess each."""
+"""`bnserve train` and `bnserve export` as a user runs them: the first story in child
+processes, the rest in process (the same main(), without a torch import per step)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def bnserve(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bnserve.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=240)
+from support.cli import run_cli, run_cli_in_process
 
 
 def test_train_dry_run_then_export_then_refuse_overwrite(tmp_path: Path) -> None:
     run_dir, repository = tmp_path / "run", tmp_path / "models"
 
-    trained = bnserve("train", "--model", "cnn", "--dataset", "digits", "--run-dir", run_dir,
-                      "--dry-run", "--seed", "3", "--batch-size", "32", "--lr", "0.01")
+    trained = run_cli("train", "--model", "cnn", "--dataset", "digits", "--run-dir", run_dir,
+                      "--dry-run", "--seed", "3", "--batch-size", "32", "--lr", "0.01",
+                      timeout=240)
     assert trained.returncode == 0, trained.stderr
     assert "trained cnn on digits" in trained.stdout
     assert "train cnn/digits" in trained.stderr  # the tqdm bar
@@ -26,8 +23,8 @@ def test_train_dry_run_then_export_then_refuse_overwrite(tmp_path: Path) -> None
     assert {p.name for p in run_dir.iterdir()} == {"checkpoint.pt", "last.pt", "metrics.json",
                                                    "curves.png"}
 
-    exported = bnserve("export", "--run-dir", run_dir, "--repository", repository,
-                       "--name", "digits")
+    exported = run_cli("export", "--run-dir", run_dir, "--repository", repository,
+                       "--name", "digits", timeout=240)
     assert exported.returncode == 0, exported.stderr
     assert "exported digits version 1" in exported.stdout
     assert "onnx.checker:        passed" in exported.stdout
@@ -37,8 +34,8 @@ def test_train_dry_run_then_export_then_refuse_overwrite(tmp_path: Path) -> None
     assert card["metrics"]["dry_run"] is True and card["version"] == 1
     before = model.read_bytes()
 
-    again = bnserve("export", "--run-dir", run_dir, "--repository", repository,
-                    "--name", "digits", "--version", "1")
+    again = run_cli_in_process("export", "--run-dir", run_dir, "--repository", repository,
+                               "--name", "digits", "--version", "1")
     assert again.returncode == 1
     assert "digits version 1 already exists" in again.stderr
     assert "nothing was written" in again.stderr
@@ -47,21 +44,23 @@ def test_train_dry_run_then_export_then_refuse_overwrite(tmp_path: Path) -> None
 
 
 def test_bad_arguments_are_rejected_by_the_parser(tmp_path: Path) -> None:
-    result = bnserve("export", "--run-dir", tmp_path, "--repository", tmp_path,
-                     "--name", "digits", "--version", "0")
+    result = run_cli_in_process("export", "--run-dir", tmp_path, "--repository", tmp_path,
+                                "--name", "digits", "--version", "0")
     assert result.returncode == 2
     assert "must be a positive integer" in result.stderr
 
 
 def test_zoo_model_with_its_default_dataset_and_export_options(tmp_path: Path) -> None:
     run_dir, repository = tmp_path / "run", tmp_path / "models"
-    trained = bnserve("train", "--model", "mlp", "--run-dir", run_dir, "--dry-run",
-                      "--bn-eps", "0.001", "--bn-momentum", "0.2", "--no-affine", "--width", "8")
+    trained = run_cli_in_process("train", "--model", "mlp", "--run-dir", run_dir, "--dry-run",
+                                 "--bn-eps", "0.001", "--bn-momentum", "0.2", "--no-affine",
+                                 "--width", "8")
     assert trained.returncode == 0, trained.stderr
     assert "trained mlp on wine (norm batch)" in trained.stdout  # mlp's default dataset
 
-    exported = bnserve("export", "--run-dir", run_dir, "--repository", repository,
-                       "--name", "wine", "--no-fold", "--report", "--latency-runs", "3")
+    exported = run_cli_in_process("export", "--run-dir", run_dir, "--repository", repository,
+                                  "--name", "wine", "--no-fold", "--report", "--latency-runs",
+                                  "3")
     assert exported.returncode == 0, exported.stderr
     assert "2 BatchNormalization nodes left (0 folded)" in exported.stdout
     assert "folded vs unfolded:" in exported.stdout and "no_bn" in exported.stdout
