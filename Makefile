@@ -36,9 +36,11 @@ serve: $(VENV)/.installed-serve $(REPOSITORY)/$(MODEL)
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
-# Regenerate the protocol stubs; tests/proto checks the committed ones are current.
-proto: $(VENV)/.installed-dev
-	$(BIN)/python -m bnserve.proto.generate
+# Regenerate the protocol stubs with the grpcio-tools of the thin client's floor environment
+# (scripts/floor_env.py builds it in $(VENV)/floor); tests/proto checks the committed ones
+# are current.
+proto: | $(BIN)/python
+	FLOOR_PYTHON=$$($(BIN)/python scripts/floor_env.py) && $$FLOOR_PYTHON -m bnserve.proto.generate
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

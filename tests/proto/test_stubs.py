@@ -8,11 +8,13 @@ import sys
 
 from bnserve.proto import generate
 from bnserve.proto import open_inference_pb2 as pb
-from support import descriptor_dump
+from support import descriptor_dump, floor
 
 
 def test_committed_stubs_are_current(tmp_path):
-    generate.generate(tmp_path)
+    # `make proto`'s way: the floor environment's grpcio-tools (see bnserve.proto.generate).
+    done = floor.run(floor.floor_python(), "-m", "bnserve.proto.generate", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
     for name in generate.generated_names():
         fresh = (tmp_path / name).read_text()
         committed = (generate.PROTO_DIR / name).read_text()
