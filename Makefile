@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 REPOSITORY ?= models
+RUNS ?= runs
 MODEL ?= digits
 HOST ?= 0.0.0.0
 PORT ?= 8001
@@ -24,11 +25,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-serve
 
 # Train and export the default model only when the repository has none.
-# A finished run already in runs/ is exported, not trained again (train never overwrites it).
+# A finished run already in $(RUNS)/ is exported, not trained again (train never overwrites it).
 $(REPOSITORY)/$(MODEL): | $(VENV)/.installed-serve
-	test -f runs/$(MODEL)/checkpoint.pt || \
-		$(BIN)/bnserve train --model cnn --dataset digits --run-dir runs/$(MODEL)
-	$(BIN)/bnserve export --run-dir runs/$(MODEL) --repository $(REPOSITORY) --name $(MODEL)
+	test -f $(RUNS)/$(MODEL)/checkpoint.pt || \
+		$(BIN)/bnserve train --model cnn --dataset digits --run-dir $(RUNS)/$(MODEL)
+	$(BIN)/bnserve export --run-dir $(RUNS)/$(MODEL) --repository $(REPOSITORY) --name $(MODEL)
 
 serve: $(VENV)/.installed-serve $(REPOSITORY)/$(MODEL)
 	$(BIN)/bnserve serve --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
@@ -64,4 +65,4 @@ container-test: $(VENV)/.installed-serve
 	$(BIN)/python scripts/container_test.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(RUNS) build *.egg-info
