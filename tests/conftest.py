@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -40,19 +42,37 @@ def digits_data():
     return data.images.astype("float32")[:, None, :, :], data.target
 
 
+class Zoo(NamedTuple):
+    """Every zoo model, dry-run trained and exported once per session."""
+    runs: dict[str, Path]  # kind -> run folder (checkpoint, held-out rows)
+    repository: Path  # kind -> version 1, one model per zoo kind
+    exports: dict[str, Any]  # kind -> bnserve.training.export.ExportResult
+
+
 @pytest.fixture(scope="session")
-def text_repository(tmp_path_factory) -> Path:
-    """A repository holding the zoo's text BatchNorm model (token ids in, 4 topics out),
-    trained for a dry run and exported once per session as ``text`` version 1."""
-    from bnserve.training.config import TrainConfig
+def zoo(tmp_path_factory) -> Zoo:
+    """The model zoo (mlp, cnn, audio, text, rnn; width 8, a dry run each on its default
+    dataset), trained and exported once for every export and serving test."""
+    from bnserve.training.config import DEFAULT_DATASETS, TrainConfig
     from bnserve.training.export import export_run
     from bnserve.training.train import train
 
-    run_dir = tmp_path_factory.mktemp("run-text")
-    train(TrainConfig(model="text", dataset="text", width=8, dry_run=True), run_dir,
-          progress=False)
+    runs, exports = {}, {}
+    repository = tmp_path_factory.mktemp("zoo")
+    for kind in sorted(DEFAULT_DATASETS):
+        runs[kind] = tmp_path_factory.mktemp(f"run-{kind}")
+        config = TrainConfig(model=kind, dataset=DEFAULT_DATASETS[kind], width=8, dry_run=True)
+        train(config, runs[kind], progress=False)
+        exports[kind] = export_run(runs[kind], repository, kind)
+    return Zoo(runs, repository, exports)
+
+
+@pytest.fixture(scope="session")
+def text_repository(zoo: Zoo, tmp_path_factory) -> Path:
+    """A repository holding only the zoo's text BatchNorm model (token ids in, 4 topics out)
+    as ``text`` version 1: a copy, so a server on it loads that one model."""
     root = tmp_path_factory.mktemp("text-models")
-    export_run(run_dir, root, "text")
+    shutil.copytree(zoo.repository / "text", root / "text")
     return root
 
 

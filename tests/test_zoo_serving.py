@@ -12,44 +12,23 @@ import pytest
 from bnserve.client import AsyncClient, Client
 from bnserve.server.settings import ServerSettings
 from bnserve.training.checkpoint import load_checkpoint
-from bnserve.training.config import DEFAULT_DATASETS, TrainConfig
-from bnserve.training.export import export_run
-from bnserve.training.train import train
+from bnserve.training.config import DEFAULT_DATASETS
 from support.server_thread import ServerThread
 
 KINDS = sorted(DEFAULT_DATASETS)
 
 
 @pytest.fixture(scope="module")
-def zoo_runs(tmp_path_factory):
-    """kind -> its run folder (the validation rows stay there, not in the repository)."""
-    runs = {}
-    for kind in KINDS:
-        runs[kind] = tmp_path_factory.mktemp(f"run-{kind}")
-        config = TrainConfig(model=kind, dataset=DEFAULT_DATASETS[kind], width=8, dry_run=True)
-        train(config, runs[kind], progress=False)
-    return runs
-
-
-@pytest.fixture(scope="module")
-def zoo_repository(tmp_path_factory, zoo_runs):
-    repository = tmp_path_factory.mktemp("zoo")
-    for kind, run_dir in zoo_runs.items():
-        export_run(run_dir, repository, kind)
-    return repository
-
-
-@pytest.fixture(scope="module")
-def server(zoo_repository):
-    settings = ServerSettings(repository=zoo_repository, max_queue_delay_ms=20)
+def server(zoo):
+    settings = ServerSettings(repository=zoo.repository, max_queue_delay_ms=20)
     with ServerThread(settings) as running:
         yield running
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_served_zoo_model_answers_like_onnxruntime(server, zoo_repository, zoo_runs, kind):
-    version_dir = zoo_repository / kind / "1"
-    samples = load_checkpoint(zoo_runs[kind]).samples[:16]
+def test_served_zoo_model_answers_like_onnxruntime(server, zoo, kind):
+    version_dir = zoo.repository / kind / "1"
+    samples = load_checkpoint(zoo.runs[kind]).samples[:16]
     session = ort.InferenceSession(str(version_dir / "model.onnx"))
     expected = session.run(None, {"input": samples})[0]
     with Client(server.address) as client:
@@ -62,8 +41,8 @@ def test_served_zoo_model_answers_like_onnxruntime(server, zoo_repository, zoo_r
 
 
 @pytest.mark.parametrize("kind", ["rnn", "text"])
-async def test_concurrent_rows_equal_rows_sent_alone(server, zoo_runs, kind):
-    samples = load_checkpoint(zoo_runs[kind]).samples[:24]
+async def test_concurrent_rows_equal_rows_sent_alone(server, zoo, kind):
+    samples = load_checkpoint(zoo.runs[kind]).samples[:24]
     batcher = server.server.models[kind].batcher
     async with AsyncClient(server.address) as client:
         await client.metadata(kind)

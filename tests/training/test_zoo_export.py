@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,16 @@ import torch
 
 from bnserve.repository.graph import batchnorm_nodes
 from bnserve.training.checkpoint import load_checkpoint
-from bnserve.training.config import DEFAULT_DATASETS, BatchNormOptions, ModelSpec, TrainConfig
+from bnserve.training.config import DEFAULT_DATASETS, BatchNormOptions, ModelSpec
 from bnserve.training.datasets import Dataset, load_dataset
 from bnserve.training.export import ExportResult, export_run
 from bnserve.training.models import batchnorm_layers, build_model
-from bnserve.training.train import TrainResult, train
+from bnserve.training.train import TrainResult
 
 ZOO = ("mlp", "cnn", "audio", "text", "rnn")
 # BatchNorm layers per model (width 8): mlp 2 blocks; cnn stem + 2 + 3 + head; audio 4 conv
 # stages; text 2 conv layers; rnn the one sequence-wise BN on W_x x.
 BN_LAYERS = {"mlp": 2, "cnn": 7, "audio": 4, "text": 2, "rnn": 1}
-DRY = TrainConfig(dry_run=True, width=8)
 
 
 @functools.cache
@@ -57,11 +55,8 @@ def test_norm_none_builds_the_same_network_without_batchnorm(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ZOO)
-def test_dry_run_exports_and_verifies(kind: str, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    config = replace(DRY, model=kind, dataset=DEFAULT_DATASETS[kind])
-    train(config, run, progress=False)
-    result = export_run(run, tmp_path / "models", kind)
+def test_dry_run_exports_and_verifies(kind: str, zoo) -> None:
+    run, result = zoo.runs[kind], zoo.exports[kind]  # TrainConfig(dry_run=True, width=8)
 
     report = result.report
     assert report.ok and report.checker_passed
@@ -110,11 +105,11 @@ def test_no_fold_keeps_batchnorm_nodes_that_agree_with_folded(trained_run: Train
     assert np.max(np.abs(answers[0] - answers[1])) <= 1e-5
 
 
-def test_report_measures_folded_unfolded_and_no_bn_latency(tmp_path: Path) -> None:
+def test_report_measures_folded_unfolded_and_no_bn_latency(zoo, tmp_path: Path) -> None:
     from bnserve.training.export import format_summary
 
-    train(replace(DRY, model="mlp", dataset="wine"), tmp_path / "run", progress=False)
-    result = export_run(tmp_path / "run", tmp_path / "models", "wine", report=True,
+    assert DEFAULT_DATASETS["mlp"] == "wine"
+    result = export_run(zoo.runs["mlp"], tmp_path / "models", "wine", report=True,
                         latency_runs=5)
     latency = result.card["latency"]
     assert {"folded", "unfolded", "no_bn"} <= set(latency)
