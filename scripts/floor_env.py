@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "scripts" / "floor-requirements.txt"
 LOCATION = ROOT / ".venv" / "floor"
 KEY_FILE = "bnserve-floor.key"
-# grpcio 1.49.1 and numpy 1.23.2 have wheels for CPython 3.7 to 3.11 only, and bnserve
+# numpy 1.23.2 has wheels for CPython 3.8 to 3.11 only, and bnserve
 # needs 3.10: on a newer Python the floor cannot be installed (pip would try to compile it).
 PYTHONS = ((3, 10), (3, 11))
 
