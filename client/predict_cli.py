@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bnserve.cli.arguments import integer_at_least
 from bnserve.client.channels import DEFAULT_ADDRESS
 from bnserve.client.security_cli import add_security_flags, security_options
 
@@ -39,9 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--output", help="save the output array to this .npy file")
     predict.add_argument("--timeout", type=float, default=30.0,
                          help="seconds for the whole call (default 30)")
-    predict.add_argument("--batch-size", type=int, default=64,
+    predict.add_argument("--batch-size", type=integer_at_least(1), default=64,
                          help="rows per request (default 64, the server's default limit)")
-    predict.add_argument("--classes", type=int, default=1, metavar="K",
+    predict.add_argument("--classes", type=integer_at_least(0), default=1, metavar="K",
                          help="top classes to print per row, by label (default 1); 0 prints "
                          "the output array instead")
     add_security_flags(predict)

@@ -75,8 +75,14 @@ def test_the_client_subcommands_work_with_the_base_install():
 
 
 def test_the_thin_client_imports_no_other_bnserve_package():
-    code = ("import sys, bnserve.client, bnserve.client.predict_cli, bnserve.client.admin_cli, "
-            "bnserve.client.drift_cli; "
-            "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('bnserve.')}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['client', 'proto']"
+    """The SDK needs only its stubs; its subcommands add the shared CLI plumbing (bnserve.cli,
+    standard library only), never the server, training or repository packages."""
+    packages = ("print(sorted({m.split('.')[1] for m in sys.modules "
+                "if m.startswith('bnserve.')}))")
+    sdk = subprocess.run([sys.executable, "-c", f"import sys, bnserve.client; {packages}"],
+                         capture_output=True, text=True, check=True)
+    assert sdk.stdout.strip() == "['client', 'proto']"
+    commands = subprocess.run(
+        [sys.executable, "-c", "import sys, bnserve.client.predict_cli, bnserve.client.admin_cli, "
+         f"bnserve.client.drift_cli; {packages}"], capture_output=True, text=True, check=True)
+    assert commands.stdout.strip() == "['cli', 'client', 'proto']"

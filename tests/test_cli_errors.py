@@ -153,6 +153,15 @@ def test_train_names_data_it_cannot_use(files: Path, tmp_path: Path, name: str, 
     assert not (tmp_path / "run").exists()
 
 
+def test_train_batches_of_one_row_need_norm_none(tmp_path: Path):
+    line = one_error_line(run_cli("train", "--run-dir", tmp_path / "run", "--batch-size", "1",
+                                  "--dry-run"))
+    assert line == ("bnserve train: error: invalid training configuration: batch_size "
+                    "(--batch-size) must be >= 2 with BatchNorm "
+                    "(one row has no batch statistics; --norm none trains on single rows), got 1")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_without_the_training_extra_says_how_to_install_it(tmp_path: Path):
     hide_torch = "import sys\nsys.modules['torch'] = None  # `import torch` now fails"
     line = one_error_line(run_cli("train", "--model", "mlp", "--run-dir", tmp_path / "run",
@@ -187,6 +196,10 @@ def test_usage_errors_are_one_line_with_exit_status_2():
                     "(see bnserve predict --help)")
     line = one_error_line(run_cli("--log-level", "LOUD", "health"), code=2)
     assert "argument --log-level: invalid choice: 'LOUD'" in line
+    for flag, value, low in (("--batch-size", "0", 1), ("--classes", "-1", 0)):
+        line = one_error_line(predict("x.npy", flag, value), code=2)
+        assert line == (f"bnserve predict: error: argument {flag}: must be an integer >= {low}, "
+                        f"got {value} (see bnserve predict --help)")
 
 
 def test_version_is_the_installed_distributions():

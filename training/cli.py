@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnserve.cli.arguments import integer_at_least
 from bnserve.cli.errors import UserError, user_errors
 from bnserve.training.config import DEFAULT_DATASETS, NORMS, TrainConfig
 from bnserve.training.errors import RepositoryError, TrainingError, TrainingInterrupted
@@ -204,11 +205,7 @@ class _AddressAction(argparse.Action):
         namespace.extra = None
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+_non_negative_int = integer_at_least(0)
 
 
 def add_training_options(parser: argparse.ArgumentParser, *,
@@ -302,14 +299,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
     return replace(TrainConfig.from_dict(state["config"]), **changed), state
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+_positive_int = integer_at_least(1)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -139,6 +139,11 @@ def config_problems(config: TrainConfig) -> list[str]:
 
     at_least("epochs", "--epochs", config.epochs, 1)
     at_least("batch_size", "--batch-size", config.batch_size, 1)
+    # A BatchNorm layer normalizes by the batch's own statistics while training: one row has
+    # none (its variance is 0), and torch would refuse it mid-epoch. Without BatchNorm 1 is fine.
+    if config.norm == "batch" and config.batch_size == 1:
+        problems.append("batch_size (--batch-size) must be >= 2 with BatchNorm (one row has no "
+                        "batch statistics; --norm none trains on single rows), got 1")
     positive("lr", "--lr", config.lr)
     positive("weight_decay", "no flag", config.weight_decay, zero=True)
     at_least("width", "--width", config.width, 1)

@@ -47,7 +47,7 @@ def test_bad_arguments_are_rejected_by_the_parser(tmp_path: Path) -> None:
     result = run_cli_in_process("export", "--run-dir", tmp_path, "--repository", tmp_path,
                                 "--name", "digits", "--version", "0")
     assert result.returncode == 2
-    assert "must be a positive integer" in result.stderr
+    assert "must be an integer >= 1, got 0" in result.stderr
 
 
 def test_zoo_model_with_its_default_dataset_and_export_options(tmp_path: Path) -> None:

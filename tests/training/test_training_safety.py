@@ -159,6 +159,7 @@ def test_a_nan_loss_stops_training_naming_the_epoch_and_batch(tmp_path: Path) ->
     ({"lr": 0.0}, r"lr \(--lr\) must be a finite number > 0, got 0.0"),
     ({"lr": -1e-3}, "lr .* got -0.001"),
     ({"batch_size": 0}, r"batch_size \(--batch-size\) must be an integer >= 1, got 0"),
+    ({"batch_size": 1}, r"batch_size \(--batch-size\) must be >= 2 with BatchNorm"),
     ({"epochs": 0}, r"epochs \(--epochs\) must be an integer >= 1, got 0"),
     ({"patience": 0}, r"patience \(--patience\) must be an integer >= 1, got 0"),
     ({"width": 0}, r"width \(--width\) must be"),
