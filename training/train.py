@@ -548,7 +548,7 @@ def write_run_folder(run_dir: Path, *, model: nn.Module, spec: ModelSpec, statis
         Checkpoint(spec=spec, state_dict=model.state_dict(), statistics=statistics,
                    labels=dataset.labels, dataset=dataset.name, config=config.to_dict(),
                    metrics=summary, samples=x_val[:VERIFICATION_SAMPLES].copy(),
-                   held_out=x_val[:HELD_OUT_ROWS].copy()),
+                   held_out=x_val[:HELD_OUT_ROWS].copy(), tokenizer=dataset.tokenizer),
         run_dir / CHECKPOINT_FILE,
     )
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
