@@ -102,6 +102,18 @@ def test_the_client_s_tokenizer_gives_the_training_ids_of_the_training_sentences
     np.testing.assert_array_equal(ids, dataset.x)
 
 
+def test_the_served_model_knows_unknown_words(text_repository):
+    """Trained with some words replaced by <unk> (TrainConfig.unknown_word_rate): with one
+    word in five outside the vocabulary, it still names the topic of unseen sentences."""
+    x, y, _, _ = make_text(seed=1)
+    unknown = (np.random.default_rng(0).uniform(size=x.shape) < 0.2) & (x > 0)
+    session = ort.InferenceSession(str(text_repository / "text" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    clean = (session.run(None, {"input": x})[0].argmax(axis=1) == y).mean()
+    noisy = (session.run(None, {"input": np.where(unknown, 1, x)})[0].argmax(axis=1) == y).mean()
+    assert clean >= 0.85 and noisy >= 0.82, (clean, noisy)
+
+
 def printed_rows(stdout: str) -> list[str]:
     """The label of each ``row N: label score`` line."""
     rows = [line.split() for line in stdout.splitlines() if line.startswith("row ")]
@@ -111,7 +123,7 @@ def printed_rows(stdout: str) -> list[str]:
 
 def test_bnserve_predict_text_prints_the_topics_of_generated_sentences(server, tmp_path):
     x, y, labels, words = make_text(seed=1)  # sentences the model never trained on
-    picked = np.concatenate([np.flatnonzero(y == c)[:3] for c in range(len(labels))])
+    picked = np.concatenate([np.flatnonzero(y == c)[:8] for c in range(len(labels))])
     sentences = [" ".join(words[i] for i in x[row] if i) for row in picked]
     truth = [labels[y[row]] for row in picked]
     with Client(server.address) as client:
@@ -121,7 +133,7 @@ def test_bnserve_predict_text_prints_the_topics_of_generated_sentences(server, t
     assert done.returncode == 0 and done.stderr == "", done
     assert printed_rows(done.stdout) == expected  # the same ids as the generator's
     right = sum(p == t for p, t in zip(expected, truth, strict=True))
-    assert right >= len(truth) - 2, (expected, truth)
+    assert right >= 0.75 * len(truth), (expected, truth)  # the model is ~87% right
     (tmp_path / "lines.txt").write_text("\n".join(sentences) + "\n")
     from_file = run_cli("predict", "--model", "text", "--address", server.address,
                         "--text-file", tmp_path / "lines.txt")

@@ -231,6 +231,10 @@ def add_training_options(parser: argparse.ArgumentParser, *,
                         help="BatchNorm epsilon (> 0)")
     parser.add_argument("--bn-momentum", type=_unit_interval, default=DEFAULTS.batchnorm.momentum,
                         help="BatchNorm running-statistics momentum, in [0, 1]")
+    parser.add_argument("--unknown-word-rate", type=_below_one, default=DEFAULTS.unknown_word_rate,
+                        help="text data with a vocabulary: the share of each training batch's "
+                        "words replaced by <unk>, so the model learns unknown words, in [0, 1) "
+                        f"(default {DEFAULTS.unknown_word_rate})")
     parser.add_argument("--no-affine", action="store_true",
                         help="BatchNorm without learnable scale and shift (gamma, beta)")
     parser.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
@@ -276,6 +280,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
         num_threads=args.threads, dry_run=args.dry_run, norm=args.norm,
         patience=getattr(args, "patience", None),
+        unknown_word_rate=args.unknown_word_rate,
         batchnorm=BatchNormOptions(eps=args.bn_eps, momentum=args.bn_momentum,
                                    affine=not args.no_affine),
     )
@@ -350,6 +355,7 @@ def _number(accepts, expected: str):
 _non_negative_float = _number(lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 _positive_float = _number(lambda v: 0 < v < float("inf"), "a finite number > 0")
 _unit_interval = _number(lambda v: 0 <= v <= 1, "in [0, 1]")
+_below_one = _number(lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _fraction(text: str) -> float:

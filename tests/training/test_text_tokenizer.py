@@ -131,3 +131,25 @@ def test_export_module_refuses_a_tokenizer_that_does_not_fit_the_model(net, tmp_
         export_module(net, TOKENS[:64], tmp_path, "topics",
                       tokenizer=topics_tokenizer(words=25))
     assert not (tmp_path / "topics").exists()  # nothing published
+
+
+def test_word_dropout_replaces_words_never_padding_and_only_with_a_tokenizer():
+    import torch
+
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.train import WordDropout, word_dropout
+
+    tokens = torch.tensor([[5, 6, 7, 0, 0]] * 2000)  # (B, L)
+    dropout = WordDropout(rate=0.1, unknown_id=1, pad_id=0)
+    out = dropout(tokens, torch.Generator().manual_seed(0))
+    assert (out[:, 3:] == 0).all()  # padding stays padding
+    replaced = (out[:, :3] == 1).float().mean().item()
+    assert 0.08 < replaced < 0.12 and ((out == tokens) | (out == 1)).all()
+    again = dropout(tokens, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # drawn from the run's generator: resumable
+    text = load_dataset("text")
+    assert word_dropout(TrainConfig(model="text"), text) == WordDropout(0.1, 1, 0)
+    assert word_dropout(TrainConfig(model="text", unknown_word_rate=0), text) is None
+    assert word_dropout(TrainConfig(), load_dataset("digits")) is None
+    ids_only = Dataset("ids", x=text.x, y=text.y, labels=text.labels, vocab_size=text.vocab_size)
+    assert word_dropout(TrainConfig(model="text"), ids_only) is None
