@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bnserve.cli.errors import UserError, user_errors
-from bnserve.training.config import DEFAULT_DATASETS, NORMS, TrainConfig
+from bnserve.training.config import DEFAULT_DATASETS, NORMS, UNKNOWN_WORD_RATES, TrainConfig
 from bnserve.training.errors import RepositoryError, TrainingError, TrainingInterrupted
 
 # What a user can fix: re-raised as UserError, so the dispatcher prints one line (exit 1).
@@ -234,7 +234,8 @@ def add_training_options(parser: argparse.ArgumentParser, *,
     parser.add_argument("--unknown-word-rate", type=_below_one, default=DEFAULTS.unknown_word_rate,
                         help="text data with a vocabulary: the share of each training batch's "
                         "words replaced by <unk>, so the model learns unknown words, in [0, 1) "
-                        f"(default {DEFAULTS.unknown_word_rate})")
+                        "(default: " + ", ".join(f"{m} {r:g}" for m, r in UNKNOWN_WORD_RATES.items())
+                        + ", 0 for the other models)")
     parser.add_argument("--no-affine", action="store_true",
                         help="BatchNorm without learnable scale and shift (gamma, beta)")
     parser.add_argument("--width", type=_positive_int, default=DEFAULTS.width,

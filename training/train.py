@@ -232,10 +232,10 @@ class WordDropout:
 
 def word_dropout(config: TrainConfig, dataset: Dataset) -> WordDropout | None:
     """The run's word dropout: for token data whose tokenizer has an unknown-word id."""
-    tokenizer = dataset.tokenizer
-    if not config.unknown_word_rate or tokenizer is None or tokenizer.unknown_id is None:
+    tokenizer, rate = dataset.tokenizer, config.word_dropout_rate
+    if not rate or tokenizer is None or tokenizer.unknown_id is None:
         return None
-    return WordDropout(config.unknown_word_rate, tokenizer.unknown_id, tokenizer.pad_id)
+    return WordDropout(rate, tokenizer.unknown_id, tokenizer.pad_id)
 
 
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

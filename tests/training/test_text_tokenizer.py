@@ -150,6 +150,8 @@ def test_word_dropout_replaces_words_never_padding_and_only_with_a_tokenizer():
     text = load_dataset("text")
     assert word_dropout(TrainConfig(model="text"), text) == WordDropout(0.1, 1, 0)
     assert word_dropout(TrainConfig(model="text", unknown_word_rate=0), text) is None
+    assert word_dropout(TrainConfig(model="rnn"), text) is None  # its default: none
+    assert word_dropout(TrainConfig(model="rnn", unknown_word_rate=0.2), text).rate == 0.2
     assert word_dropout(TrainConfig(), load_dataset("digits")) is None
     ids_only = Dataset("ids", x=text.x, y=text.y, labels=text.labels, vocab_size=text.vocab_size)
     assert word_dropout(TrainConfig(model="text"), ids_only) is None
