@@ -23,7 +23,7 @@ from bnserve.client.errors import (
 from bnserve.client.messages import ClassScore, ModelMetadata, RepositoryModel, TensorInfo
 from bnserve.client.monitor import DriftPoint, DriftReport, LayerDrift, Recalibration
 from bnserve.client.sync import Client
-from bnserve.proto.tokenizer import Tokenizer, TokenizerError
+from bnserve.proto.tokenizer import TextEncodingError, Tokenizer, TokenizerError
 
 __all__ = [
     "AsyncClient",
@@ -44,6 +44,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailableError",
     "TensorInfo",
+    "TextEncodingError",
     "Tokenizer",
     "TokenizerError",
     "UnauthenticatedError",

@@ -148,8 +148,7 @@ def encode_texts(client: Client, model: str, version: str, texts: list[tuple[str
     model; ``UserError`` when it has none or a text cannot be encoded. Words outside the
     vocabulary go as its unknown-word id, and are named on stderr."""
     from bnserve.cli.errors import UserError
-    from bnserve.client import TokenizerError
-    from bnserve.proto.tokenizer import TextEncodingError
+    from bnserve.client import TextEncodingError, TokenizerError
 
     try:
         tokenizer = client.tokenizer(model, version=version)

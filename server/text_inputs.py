@@ -13,8 +13,8 @@ Refused, with the reason (the version is not served; the log and RepositoryIndex
 Why refuse rather than serve the ids without it: a malformed spec means a damaged or foreign
 artifact, refused like a malformed card or ``bnserve.labels``; dropping it would tell text
 clients that the model has no vocabulary, which is false, and a spec that disagrees with the
-graph would turn texts into ids the model refuses or misreads. With a version policy the
-versions that load keep serving; the fix is a re-export.
+graph would turn texts into ids the model refuses or misreads. A new version refused this
+way leaves the older one serving (``bnserve.server.controller``); the fix is a re-export.
 """
 
 from __future__ import annotations
