@@ -3,6 +3,7 @@
     from bnserve.client import Client
     with Client("localhost:8001") as c:
         probabilities = c.predict("digits", images)
+        ranked = c.classify("text", c.tokenizer("text").encode(["the team won the final"]))
 
 Needs only grpcio, protobuf and numpy.
 """
@@ -22,6 +23,7 @@ from bnserve.client.errors import (
 from bnserve.client.messages import ClassScore, ModelMetadata, RepositoryModel, TensorInfo
 from bnserve.client.monitor import DriftPoint, DriftReport, LayerDrift, Recalibration
 from bnserve.client.sync import Client
+from bnserve.proto.tokenizer import TextEncodingError, Tokenizer, TokenizerError
 
 __all__ = [
     "AsyncClient",
@@ -42,5 +44,8 @@ __all__ = [
     "ServerError",
     "ServerUnavailableError",
     "TensorInfo",
+    "TextEncodingError",
+    "Tokenizer",
+    "TokenizerError",
     "UnauthenticatedError",
 ]

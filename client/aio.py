@@ -41,6 +41,7 @@ from bnserve.client.messages import (
     predict_chunks,
     stream_request,
     stream_result,
+    tokenizer_from_config,
 )
 from bnserve.client.monitor import (
     DriftReport,
@@ -53,6 +54,7 @@ from bnserve.client.monitor import (
     recalibration_from_response,
 )
 from bnserve.proto import open_inference_pb2 as pb
+from bnserve.proto.tokenizer import Tokenizer
 
 __all__ = ["AsyncClient"]
 
@@ -234,6 +236,12 @@ class AsyncClient(ClientBase):
         """The model's effective configuration (Triton's ModelConfig), as plain data."""
         request = pb.ModelConfigRequest(name=model, version=version)
         return as_dict((await self._call("ModelConfig", request, timeout)).config)
+
+    async def tokenizer(self, model: str, *, version: str = "",
+                        timeout: float | None = None) -> Tokenizer | None:
+        """How ``model`` turns text into its token ids, as ``Client.tokenizer``."""
+        request = pb.ModelConfigRequest(name=model, version=version)
+        return tokenizer_from_config((await self._call("ModelConfig", request, timeout)).config)
 
     async def statistics(self, model: str = "", *, version: str = "",
                    timeout: float | None = None) -> list[dict[str, Any]]:

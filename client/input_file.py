@@ -1,8 +1,10 @@
-"""The array ``bnserve predict`` sends and the file it saves the answer to, checked before
-any call: a wrong path or file is named in one line without waiting on a server.
+"""What ``bnserve predict`` sends and the file it saves the answer to, checked before any
+call: a wrong path or file is named in one line without waiting on a server.
 
-    --input   one .npy array (``np.save``), numbers (bool, int, uint or float), rows first
-    --output  a file path in a folder that exists
+    --input      one .npy array (``np.save``), numbers (bool, int, uint or float), rows first
+    --text       one text (repeatable), with at least one non-space character
+    --text-file  UTF-8 text, one text per line, no blank line
+    --output     a file path in a folder that exists
 
 Whether the array's shape fits the model is the server's to say (it answers
 INVALID_ARGUMENT with the shape it takes); here only what no model could take is refused.
@@ -84,3 +86,46 @@ def check_output_path(path: str) -> None:
     if not folder.is_dir():
         raise UserError(f"--output {path}: folder {folder} does not exist; expected a path in an "
                         "existing folder")
+
+
+MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024
+TEXT_EXPECTED = "expected one text per line (UTF-8)"
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """``text`` as a shell user would quote it in a message, cut to ``limit`` characters."""
+    cut = text if len(text) <= limit else text[:limit - 3] + "..."
+    return repr(cut)
+
+
+def load_texts(texts: list[str] | None, text_file: str | None) -> list[tuple[str, str]]:
+    """(what names it in a message, the text) for each ``--text`` or line of ``--text-file``;
+    ``UserError`` for an empty text, a file that is missing, unreadable, not UTF-8 or empty."""
+    if texts is not None:
+        for text in texts:
+            if not text.strip():
+                raise UserError(f"--text {shown(text)}: empty; expected words to classify")
+        return [(f"--text {shown(text)}", text) for text in texts]
+    assert text_file is not None
+    flag = f"--text-file {text_file}"
+    file = Path(text_file)
+    if not file.exists():
+        raise UserError(f"{flag}: no such file; {TEXT_EXPECTED}")
+    if file.is_dir():
+        raise UserError(f"{flag}: is a directory; {TEXT_EXPECTED}")
+    try:
+        if file.stat().st_size > MAX_TEXT_FILE_BYTES:
+            raise UserError(f"{flag}: over {MAX_TEXT_FILE_BYTES // (1024 * 1024)} MiB; "
+                            f"{TEXT_EXPECTED} (split it)")
+        content = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{flag}: not UTF-8 text (byte {exc.start}); {TEXT_EXPECTED}") from exc
+    lines = content.splitlines()
+    if not lines:
+        raise UserError(f"{flag}: holds no lines; {TEXT_EXPECTED}")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise UserError(f"{flag}: line {number} is empty; {TEXT_EXPECTED}, no blank line")
+    return [(f"{flag} line {number}", line) for number, line in enumerate(lines, start=1)]

@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike
 from bnserve.client.errors import ServerError, error_from_stream
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.tensors import datatype_of, decode_contents, decode_raw, dtype_of, encode_raw
+from bnserve.proto.tokenizer import TOKENIZER_KEY, Tokenizer
 
 __all__ = ["ClassScore", "ModelMetadata", "RepositoryModel", "TensorInfo"]
 
@@ -196,6 +197,14 @@ def load_request(model: str, config: Mapping[str, Any] | str | None) -> pb.Repos
         text = config if isinstance(config, str) else json.dumps(dict(config))
         request.parameters["config"].string_param = text
     return request
+
+
+def tokenizer_from_config(config: Any) -> Tokenizer | None:
+    """The tokenizer a ModelConfig reports (parameter ``bnserve.tokenizer``), None when it
+    reports none; ``TokenizerError`` when the spec is malformed."""
+    if TOKENIZER_KEY not in config.parameters:
+        return None
+    return Tokenizer.from_json(config.parameters[TOKENIZER_KEY].string_value)
 
 
 def as_dict(message: Any) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from bnserve.client.channels import DEFAULT_ADDRESS
 from bnserve.client.security_cli import add_security_flags, security_options
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from bnserve.client import ClassScore, Client
 
 DEFAULT_PORT = 8001  # bnserve serve's default, when BNSERVE_PORT is unset
@@ -24,16 +26,25 @@ DEFAULT_PORT = 8001  # bnserve serve's default, when BNSERVE_PORT is unset
 def register(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser(
         "predict",
-        help="send a .npy array to a served model and print or save its output",
+        help="send a .npy array (or texts) to a served model and print or save its output",
         description="Send the array in --input (a .npy file) to --model and print the output; "
-        "--output saves it as .npy. For a model answering one row of class scores per input "
-        "row, it prints each row's top --classes classes by label instead (the server ranks "
-        "them: Triton's classification extension, whose labels come from the model card, the "
-        "graph's metadata or the config's label_filename), then the index of the best per row. "
-        "Arrays longer than --batch-size rows go as several requests.",
+        "--output saves it as .npy. For a text model, --text (repeatable) or --text-file (one "
+        "text per line) send texts instead, one row each, encoded into token ids with the "
+        "model's own tokenizer (the vocabulary and rules in its model.onnx, which the server "
+        "reports in its ModelConfig); words outside the vocabulary are named on stderr. For a "
+        "model answering one row of class scores per input row, it prints each row's top "
+        "--classes classes by label instead (the server ranks them: Triton's classification "
+        "extension, whose labels come from the model card, the graph's metadata or the "
+        "config's label_filename), then the index of the best per row. Arrays longer than "
+        "--batch-size rows go as several requests.",
     )
     predict.add_argument("--model", required=True, help="model name")
-    predict.add_argument("--input", required=True, help=".npy file with the input batch")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help=".npy file with the input batch")
+    source.add_argument("--text", action="append", metavar="TEXT",
+                        help="a text for a text model, one row (repeat for several)")
+    source.add_argument("--text-file", metavar="FILE",
+                        help="a UTF-8 file of texts for a text model, one row per line")
     predict.add_argument("--address", action="append",
                          help=f"server address (repeat for several; default {DEFAULT_ADDRESS})")
     predict.add_argument("--version", default="", help="model version (default: served one)")
@@ -81,10 +92,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from bnserve.cli.errors import UserError, file_problem
     from bnserve.client import BnserveError, Client
     from bnserve.client.call_errors import explain_call_error
-    from bnserve.client.input_file import check_output_path, load_input_array
+    from bnserve.client.input_file import check_output_path, load_input_array, load_texts
 
     # The files first: their mistakes are named at once, without waiting on a server.
-    array = load_input_array(args.input, model=args.model)
+    texts = None
+    if args.input is not None:
+        array = load_input_array(args.input, model=args.model)
+        subject = f"--input {args.input}"
+    else:
+        texts = load_texts(args.text, args.text_file)
+        subject = "--text" if args.text is not None else f"--text-file {args.text_file}"
     if args.output:
         check_output_path(args.output)
     try:
@@ -96,6 +113,8 @@ def run_predict(args: argparse.Namespace) -> int:
     addresses = args.address or [DEFAULT_ADDRESS]
     try:
         with Client(addresses, timeout=args.timeout, **options) as client:
+            if texts is not None:
+                array = encode_texts(client, args.model, args.version, texts, subject)
             if not args.output and args.classes > 0 and _ranks_classes(client, args):
                 classes = client.classify(args.model, array, top=args.classes,
                                           version=args.version, batch_size=args.batch_size)
@@ -106,7 +125,7 @@ def run_predict(args: argparse.Namespace) -> int:
     except BnserveError as exc:
         raise UserError(explain_call_error(
             exc, address=", ".join(addresses), model=args.model, version=args.version,
-            timeout=args.timeout, subject=f"--input {args.input}")) from exc
+            timeout=args.timeout, subject=subject)) from exc
     if args.output:
         try:
             np.save(args.output, result)
@@ -119,6 +138,41 @@ def run_predict(args: argparse.Namespace) -> int:
         if result.ndim == 2:
             print("argmax per row:", result.argmax(axis=1).tolist())
     return 0
+
+
+MAX_UNKNOWN_SHOWN = 5
+
+
+def encode_texts(client: Client, model: str, version: str, texts: list[tuple[str, str]],
+                 subject: str) -> np.ndarray:
+    """The texts as token ids (N, L), encoded with the tokenizer the server reports for the
+    model; ``UserError`` when it has none or a text cannot be encoded. Words outside the
+    vocabulary go as its unknown-word id, and are named on stderr."""
+    from bnserve.cli.errors import UserError
+    from bnserve.client import TextEncodingError, TokenizerError
+
+    try:
+        tokenizer = client.tokenizer(model, version=version)
+    except TokenizerError as exc:
+        raise UserError(f"{subject}: the server's tokenizer for model {model} is unusable "
+                        f"({exc}); send token ids with --input FILE.npy") from exc
+    if tokenizer is None:
+        raise UserError(f"{subject}: model {model} ships no vocabulary (its model.onnx has no "
+                        "tokenizer: not a text model, or exported from token ids without a "
+                        "vocabulary); expected a text model, or token ids with --input FILE.npy")
+    try:
+        rows = tokenizer.encode(text for _, text in texts)
+    except TextEncodingError as exc:
+        raise UserError(f"{texts[exc.index][0]}: {exc.reason}") from exc
+    for named, text in texts:
+        unknown = tokenizer.unknown_words(text)
+        if unknown:
+            shown = ", ".join(unknown[:MAX_UNKNOWN_SHOWN]) + (
+                ", ..." if len(unknown) > MAX_UNKNOWN_SHOWN else "")
+            print(f"note: {named}: {len(unknown)} of {len(tokenizer.words(text))} words not in "
+                  f"the vocabulary, sent as {tokenizer.vocabulary[tokenizer.unknown_id]!r}: "
+                  f"{shown}", file=sys.stderr)
+    return rows
 
 
 def _ranks_classes(client: Client, args: argparse.Namespace) -> bool:

@@ -31,6 +31,7 @@ from bnserve.client.messages import (
     predict_chunks,
     stream_request,
     stream_result,
+    tokenizer_from_config,
 )
 from bnserve.client.monitor import (
     DriftReport,
@@ -43,6 +44,7 @@ from bnserve.client.monitor import (
     recalibration_from_response,
 )
 from bnserve.proto import open_inference_pb2 as pb
+from bnserve.proto.tokenizer import Tokenizer
 
 __all__ = ["Client"]
 
@@ -235,6 +237,20 @@ class Client(ClientBase):
         """The model's effective configuration (Triton's ModelConfig), as plain data."""
         request = pb.ModelConfigRequest(name=model, version=version)
         return as_dict((self._call("ModelConfig", request, timeout)).config)
+
+    def tokenizer(self, model: str, *, version: str = "",
+                  timeout: float | None = None) -> Tokenizer | None:
+        """How ``model`` turns text into its input's token ids, as its server reports it
+        (the ModelConfig parameter ``bnserve.tokenizer``, from the model's graph)::
+
+            ids = client.tokenizer("text").encode(["the team won the final"])  # (1, L) int64
+            client.classify("text", ids)
+
+        None when the model ships no tokenizer (not a text model, or exported from token ids
+        without a vocabulary); ``TokenizerError`` (a ValueError) when the server's spec is
+        malformed."""
+        request = pb.ModelConfigRequest(name=model, version=version)
+        return tokenizer_from_config(self._call("ModelConfig", request, timeout).config)
 
     def statistics(self, model: str = "", *, version: str = "",
                    timeout: float | None = None) -> list[dict[str, Any]]:

@@ -21,8 +21,9 @@
 - ``graph``: walks of an ONNX graph both sides need (BatchNormalization nodes, external
   data locations, tensor signatures, the tables token ids index); imports onnx, so only
   server and training use it.
-- ``graph_metadata``: what the exporter writes into the graph's own metadata (the class
-  labels), for a graph served without its card.
+- ``graph_metadata``: what the exporter writes into the graph's own metadata: the class
+  labels (for a graph served without its card) and a text model's tokenizer (its one home;
+  the spec itself is ``bnserve.proto.tokenizer``, which the thin client shares).
 
 Both ``bnserve.server`` and ``bnserve.training`` import this package; neither defines any
 of it again.

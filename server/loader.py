@@ -2,13 +2,15 @@
 
     version folder --file_checks: model.onnx and external data are plain files inside it
                    --graph: no BatchNormalization in training mode
-                   --model card (metadata.json), if any, well-formed; the labels in the
-                     graph's metadata (bnserve.labels), if any, well-formed
+                   --model card (metadata.json), if any, well-formed; the labels and the
+                     tokenizer in the graph's metadata (bnserve.labels, bnserve.tokenizer),
+                     if any, well-formed
                    --onnxruntime session (threads from the model's settings and the usable
                      cores: bnserve.server.cpu_quota)
                    --plan: config.pbtxt checked against the graph (names, datatypes, dims,
                      max_batch_size), labels, input formats, the valid range of each
-                     integer input that indexes a table (bnserve.server.input_ranges)
+                     integer input that indexes a table (bnserve.server.input_ranges), the
+                     tokenizer against that input (bnserve.server.text_inputs)
                    --batch independence proven on generated inputs (bnserve.server.independence)
                    --warm-up run at the largest batch
                    --drift reference (bnserve.server.drift_reference), if the version has
@@ -50,6 +52,7 @@ from bnserve.server.repository import VersionOnDisk
 from bnserve.server.runtime import OnnxRuntimeSession, SessionTuning, TensorSpec
 from bnserve.server.sampling import BatchSampler, Monitoring
 from bnserve.server.settings import ServerSettings
+from bnserve.server.text_inputs import check_tokenizer, read_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
         graph_labels = read_graph_labels(graph)
     except CardError as exc:
         raise ModelLoadError(str(exc)) from None
+    tokenizer = read_tokenizer(graph)
     tuning = session_tuning(settings, process_cpu_budget())
     log.info("model %r version %d: %d instance(s), %d intra-op thread(s) each, inter-op %d, "
              "%s execution, graph optimization %s, spinning intra %s / inter %s",
@@ -89,6 +93,9 @@ def load_version(name: str, entry: VersionOnDisk, settings: ModelSettings,
     plan = resolve_plan(session.inputs, session.outputs, settings, server, card,
                         directory.parent, name, graph_labels=graph_labels)
     plan = replace(plan, value_ranges=input_ranges(plan.inputs, graph, card))
+    if tokenizer is not None:
+        check_tokenizer(tokenizer, plan.inputs, plan.value_ranges)
+        plan = replace(plan, tokenizer=tokenizer)
     plan = _prove_batch_independence(name, entry.version, session, plan, settings, card)
     _warm_up(session, plan, card)
     monitoring = build_monitoring(f"{name}/{entry.version}", directory, card, graph, session,

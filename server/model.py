@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bnserve.proto.tensors import datatype_of, dtype_of
+from bnserve.proto.tokenizer import Tokenizer
 from bnserve.repository.card import ModelCard
 from bnserve.server.batcher import BatchPolicy, BatchRecord, DynamicBatcher, Tensors, Ticket
 from bnserve.server.classification import top_k
@@ -54,6 +55,9 @@ class ServingPlan:
     # integer input -> lowest and highest valid value (token ids; bnserve.server.input_ranges)
     value_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     independence: IndependenceResult | None = None
+    # How text becomes the ids of a text model's input (the graph's bnserve.tokenizer);
+    # reported in ModelConfig's parameters, for clients to encode with.
+    tokenizer: Tokenizer | None = None
 
 
 class ServedModel:

@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 
 from bnserve.proto import model_config_pb2 as mc
 from bnserve.proto.datatypes import BY_CONFIG_TYPE
+from bnserve.proto.tokenizer import TOKENIZER_KEY
 from bnserve.repository.layout import BACKEND, CONFIG_FILE, PLATFORM
 from bnserve.server.errors import ConfigError, quoted
 from bnserve.server.pbtxt_fields import filter_known_fields
@@ -313,6 +314,8 @@ def settings_from_config(config: mc.ModelConfig, model_name: str, server: Server
                 raise ConfigError(f"{source}: parameters[{quoted(key)}] must be one of "
                                   f"{', '.join(BATCH_DEPENDENT_VALUES)}")
             batch_dependent = value
+        elif key == TOKENIZER_KEY:  # what ModelConfig reports, sent back: the graph's wins
+            extra.append(f"parameters[{quoted(key)}] (the tokenizer is the one in model.onnx)")
         else:
             extra.append(f"parameters[{quoted(key)}]")
 

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from bnserve.repository.graph import tensor_signature
+from bnserve.repository.graph_metadata import copy_graph_metadata
 from bnserve.repository.layout import METADATA_FILE, MODEL_FILE, REFERENCE_FILE
 from bnserve.repository.publish import PublishError, stage_version
 from bnserve.server.errors import RecalibrationDataError, RecalibrationRefused, quoted
@@ -158,6 +159,9 @@ def recalibrate_version_folder(repository: Path | str, name: str, inputs: Mappin
     sha = source_sha256 or inputs_sha256(checked)
     try:
         with stage_version(repository, name) as staged:
+            # The new statistics change no label and no word: the base graph's bnserve.*
+            # metadata (labels, tokenizer) goes with them, before the card's sha256.
+            copy_graph_metadata(base.served, done.served)
             onnx.save(done.served, str(staged.path / MODEL_FILE))
             reference = staged.path / REFERENCE_FILE if base.folded else None
             if reference is not None:

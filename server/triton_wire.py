@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from bnserve.proto import model_config_pb2 as mc
 from bnserve.proto import open_inference_pb2 as pb
 from bnserve.proto.datatypes import BY_NAME
+from bnserve.proto.tokenizer import TOKENIZER_KEY
 from bnserve.repository.layout import BACKEND, PLATFORM
 from bnserve.server.errors import InvalidInputError, quoted
 from bnserve.server.model import ServedModel
@@ -73,6 +74,8 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
     for name, value in parameters.items():
         config.parameters[name].string_value = str(value)
     config.parameters["batch_dependent"].string_value = settings.batch_dependent
+    if plan.tokenizer is not None:  # the graph's, checked at load: clients encode text with it
+        config.parameters[TOKENIZER_KEY].string_value = plan.tokenizer.to_json()
     return config
 
 

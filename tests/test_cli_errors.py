@@ -92,6 +92,46 @@ def test_predict_names_an_output_folder_that_does_not_exist(files: Path):
     assert "expected a path in an existing folder" in line
 
 
+def text_file(folder: Path, name: str, content: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--text", "rain", "--text", " "), "--text ' ': empty; expected words to classify"),
+    (("--text", ""), "--text '': empty; expected words to classify"),
+    (("--text-file", "{folder}/missing.txt"),
+     "--text-file {folder}/missing.txt: no such file; expected one text per line (UTF-8)"),
+    (("--text-file", "{folder}/blank.txt"),
+     "--text-file {folder}/blank.txt: line 2 is empty; expected one text per line (UTF-8), "
+     "no blank line"),
+    (("--text-file", "{folder}/latin1.txt"),
+     "--text-file {folder}/latin1.txt: not UTF-8 text (byte 3); expected one text per line"),
+    (("--text-file", "{folder}/empty.txt"),
+     "--text-file {folder}/empty.txt: holds no lines; expected one text per line (UTF-8)"),
+], ids=["blank-text", "empty-text", "missing-file", "blank-line", "not-utf8", "empty-file"])
+def test_predict_names_a_wrong_text_before_connecting(tmp_path: Path, args, says):
+    text_file(tmp_path, "blank.txt", b"the team won\n\nrain\n")
+    text_file(tmp_path, "latin1.txt", "caf\u00e9 au lait\n".encode("latin-1"))
+    text_file(tmp_path, "empty.txt", b"")
+    line = one_error_line(run_cli("predict", "--model", "text", "--address", DOWN,
+                                  *(a.format(folder=tmp_path) for a in args)))
+    assert line.startswith("bnserve predict: error: " + says.format(folder=tmp_path)), line
+    assert DOWN not in line  # said before any connection
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--text", "rain", "--input", "x.npy"), "argument --input: not allowed with argument --text"),
+    (("--text-file", "t.txt", "--text", "rain"),
+     "argument --text: not allowed with argument --text-file"),
+    ((), "one of the arguments --input --text --text-file is required"),
+])
+def test_predict_takes_one_source_of_rows(args, says):
+    line = one_error_line(run_cli("predict", "--model", "text", *args), code=2)
+    assert line == f"bnserve predict: error: {says} (see bnserve predict --help)"
+
+
 @pytest.mark.parametrize("command", [
     ("predict", "--model", "digits", "--input", "{images}"),
     ("drift", "--model", "digits"),

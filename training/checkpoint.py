@@ -1,6 +1,7 @@
 """The run folder: a checkpoint that rebuilds the model, metrics JSON, training curves.
 
     RUN/checkpoint.pt   state_dict + ModelSpec + input statistics + labels + metrics
+                        (+ a text model's tokenizer spec, as a dict)
                         (the weights that get exported: the best epoch's, lowest val loss)
                         + raw validation rows: 64 to verify the export, up to 1,024 to
                         calibrate the drift threshold. They stay in the run folder:
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnserve.proto.tokenizer import Tokenizer, TokenizerError
 from bnserve.training.config import ModelSpec
 from bnserve.training.datasets import InputStatistics
 from bnserve.training.errors import CheckpointError
@@ -49,6 +51,9 @@ class Checkpoint:
     # the drift alarm's threshold on them. None: a checkpoint from before, or a recalibrated
     # one (its clean distribution is the new data's, of which it holds no held-out rows).
     held_out: np.ndarray | None = None
+    # Token-id models: the dataset's vocabulary and rules that turn text into its ids; export
+    # writes it into the graph. None: float inputs, or token ids without a vocabulary.
+    tokenizer: Tokenizer | None = None
 
     @property
     def has_rows(self) -> bool:
@@ -81,6 +86,7 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
             "metrics": ckpt.metrics,
             "samples": torch.from_numpy(ckpt.samples),
             "held_out": None if ckpt.held_out is None else torch.from_numpy(ckpt.held_out),
+            "tokenizer": None if ckpt.tokenizer is None else ckpt.tokenizer.to_dict(),
         },
         path,
     )
@@ -91,6 +97,10 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first (bnserve train --run-dir)")
     data = _read(path, "checkpoint")
+    try:  # absent from checkpoints written before tokenizers were kept
+        tokenizer = None if data.get("tokenizer") is None else Tokenizer.from_dict(data["tokenizer"])
+    except TokenizerError as exc:
+        raise CheckpointError(f"{path}: its tokenizer is not a tokenizer spec: {exc}") from None
     return Checkpoint(
         spec=ModelSpec.from_dict(data["spec"]),
         state_dict=data["state_dict"],
@@ -101,6 +111,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         metrics=data["metrics"],
         samples=data["samples"].numpy(),
         held_out=None if data.get("held_out") is None else data["held_out"].numpy(),
+        tokenizer=tokenizer,
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bnserve.cli.arguments import integer_at_least
 from bnserve.cli.errors import UserError, user_errors
-from bnserve.training.config import DEFAULT_DATASETS, NORMS, TrainConfig
+from bnserve.training.config import DEFAULT_DATASETS, NORMS, UNKNOWN_WORD_RATES, TrainConfig
 from bnserve.training.errors import RepositoryError, TrainingError, TrainingInterrupted
 
 # What a user can fix: re-raised as UserError, so the dispatcher prints one line (exit 1).
@@ -228,6 +228,11 @@ def add_training_options(parser: argparse.ArgumentParser, *,
                         help="BatchNorm epsilon (> 0)")
     parser.add_argument("--bn-momentum", type=_unit_interval, default=DEFAULTS.batchnorm.momentum,
                         help="BatchNorm running-statistics momentum, in [0, 1]")
+    parser.add_argument("--unknown-word-rate", type=_below_one, default=DEFAULTS.unknown_word_rate,
+                        help="text data with a vocabulary: the share of each training batch's "
+                        "words replaced by <unk>, so the model learns unknown words, in [0, 1) "
+                        "(default: " + ", ".join(f"{m} {r:g}" for m, r in UNKNOWN_WORD_RATES.items())
+                        + ", 0 for the other models)")
     parser.add_argument("--no-affine", action="store_true",
                         help="BatchNorm without learnable scale and shift (gamma, beta)")
     parser.add_argument("--width", type=_positive_int, default=DEFAULTS.width,
@@ -273,6 +278,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
         num_threads=args.threads, dry_run=args.dry_run, norm=args.norm,
         patience=getattr(args, "patience", None),
+        unknown_word_rate=args.unknown_word_rate,
         batchnorm=BatchNormOptions(eps=args.bn_eps, momentum=args.bn_momentum,
                                    affine=not args.no_affine),
     )
@@ -340,6 +346,7 @@ def _number(accepts, expected: str):
 _non_negative_float = _number(lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 _positive_float = _number(lambda v: 0 < v < float("inf"), "a finite number > 0")
 _unit_interval = _number(lambda v: 0 <= v <= 1, "in [0, 1]")
+_below_one = _number(lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _fraction(text: str) -> float:

@@ -5,11 +5,14 @@
     breast_cancer   (N, 30) float32 features            scikit-learn, bundled
     audio           (N, 1, 1024) float32 waveforms      generated (``synthetic.make_audio``)
     text            (N, 24) int64 token ids             generated (``synthetic.make_text``)
-    --data x.npz    arrays ``x``, ``y`` (+ ``labels``)  a user's own (``load_npz``)
+    --data x.npz    arrays ``x``, ``y`` (+ ``labels``,  a user's own (``load_npz``)
+                    ``vocabulary``)
 
 The layout of ``x`` says what a dataset holds (``Dataset.modality``): tabular (N, F),
 audio/sequences (N, C, T), images (N, C, H, W), all float32, or text as int64 token ids
-(N, L). Models declare which modalities they take.
+(N, L). Models declare which modalities they take. A token dataset may carry its
+``tokenizer`` (``bnserve.proto.tokenizer``: the vocabulary and the rules that turn text into
+its ids); the checkpoint keeps it and ``bnserve export`` writes it into the served graph.
 
 Adding a dataset is one function::
 
@@ -24,6 +27,7 @@ exported graph, so a client sends exactly what the dataset holds.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.proto.tokenizer import Tokenizer, TokenizerError
 from bnserve.training.errors import DatasetError, RegistryError
 
 MODALITIES = {
@@ -48,6 +53,8 @@ class Dataset:
     y: np.ndarray  # (N,) int64 class ids in [0, len(labels))
     labels: tuple[str, ...]  # class id -> name
     vocab_size: int = 0  # token datasets: ids lie in [0, vocab_size); 0 for float inputs
+    # Token datasets: the words behind the ids and how text becomes them (None: ids only).
+    tokenizer: Tokenizer | None = None
 
     def __post_init__(self) -> None:
         tokens = self.x.dtype == np.int64
@@ -62,6 +69,12 @@ class Dataset:
         if tokens and (self.x.ndim != 2 or self.x.min() < 0 or self.x.max() >= self.vocab_size):
             raise ValueError(f"dataset {self.name}: token ids must be (N, L) in "
                              f"[0, vocab_size={self.vocab_size})")
+        if self.tokenizer is not None and not (
+                tokens and self.tokenizer.vocab_size == self.vocab_size
+                and self.tokenizer.sequence_length == self.x.shape[1]):
+            raise ValueError(f"dataset {self.name}: a tokenizer goes with token ids (N, L) and "
+                             f"must have vocab_size={self.vocab_size} words and "
+                             f"sequence_length L={self.x.shape[-1]}")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -149,10 +162,13 @@ def load_audio() -> Dataset:
 @register_dataset("text")
 def load_text() -> Dataset:
     """Generated sentences from 4 topics that share filler words, as 24 token ids each."""
-    from bnserve.training.synthetic import make_text
+    from bnserve.training.synthetic import make_text, text_tokenizer
 
     x, y, labels, vocabulary = make_text(seed=0)
-    return Dataset("text", x=x, y=y, labels=labels, vocab_size=len(vocabulary))
+    tokenizer = text_tokenizer()
+    assert tokenizer.vocabulary == vocabulary
+    return Dataset("text", x=x, y=y, labels=labels, vocab_size=len(vocabulary),
+                   tokenizer=tokenizer)
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive is a zip file
@@ -236,7 +252,8 @@ def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
     ``modalities`` are what the model takes; ``x`` is reshaped to the first that fits:
     tabular (N, F); images (N, H, W) gain a channel axis -> (N, 1, H, W), or (N, C, H, W);
     audio (N, T) -> (N, 1, T), or (N, C, T); text: integer token ids (N, L). Without
-    ``labels`` the distinct values of ``y`` become the classes, in sorted order.
+    ``labels`` the distinct values of ``y`` become the classes, in sorted order. Token ids
+    may come with ``vocabulary`` (strings, id -> word): see ``npz_tokenizer``.
     """
     path = Path(path)
     arrays = read_npz(path)
@@ -263,12 +280,20 @@ def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
         raise DatasetError(f"{path}: y holds {len(labels)} class; a classifier needs two or more")
     name = path.name
     integer = np.issubdtype(x.dtype, np.integer)
+    if "vocabulary" in arrays and not (integer and x.ndim == 2 and "text" in modalities):
+        raise DatasetError(f"{path}: has a vocabulary, which goes with integer token ids "
+                           f"(N, L) for a text model; x has shape {x.shape} and dtype {x.dtype}")
     for modality in modalities:
         if modality == "text" and integer and x.ndim == 2:
             if x.min() < 0:
                 raise DatasetError(f"{path}: token ids must be >= 0, found {x.min()}")
             tokens = x.astype(np.int64)
-            return Dataset(name, x=tokens, y=y, labels=labels, vocab_size=int(tokens.max()) + 1)
+            if "vocabulary" not in arrays:
+                return Dataset(name, x=tokens, y=y, labels=labels,
+                               vocab_size=int(tokens.max()) + 1)
+            tokenizer = npz_tokenizer(arrays["vocabulary"], tokens, path)
+            return Dataset(name, x=tokens, y=y, labels=labels, vocab_size=tokenizer.vocab_size,
+                           tokenizer=tokenizer)
         if modality == "text":
             continue
         shaped = {"tabular": {2: x}, "audio": {2: x[:, None], 3: x},
@@ -281,6 +306,44 @@ def load_npz(path: Path | str, modalities: Sequence[str]) -> Dataset:
     wanted = " or ".join(MODALITIES[m] for m in modalities)
     raise DatasetError(f"{path}: x has shape {x.shape} and dtype {x.dtype}; this model takes "
                        f"{wanted}")
+
+
+UNKNOWN_ENTRIES = ("<unk>", "[UNK]", "<UNK>")  # the names a vocabulary's unknown-word entry goes by
+_ONE_WORD = re.compile(r"\w+")
+
+
+def npz_tokenizer(vocabulary: np.ndarray, tokens: np.ndarray, path: Path) -> Tokenizer:
+    """The tokenizer of a user's token ids (N, L) from their ``vocabulary`` (id -> word).
+
+    Entry 0 is the padding (the zoo's embeddings use row 0 for it); the first entry named
+    ``<unk>``, ``[UNK]`` or ``<UNK>`` is the unknown-word id (without one, a word outside
+    the vocabulary is an error when encoding); words are lower-cased when no entry has a
+    capital; split into ``\\w+`` runs when every entry is one, else on whitespace; rows of L
+    ids, padded after the words (before them when the data's padding is all in front),
+    longer texts cut after their first L words.
+    """
+    where = f"{path}: array 'vocabulary'"
+    if vocabulary.ndim != 1 or vocabulary.dtype.kind != "U":
+        raise DatasetError(f"{where} must be a 1-d array of strings (np.array(words)), got "
+                           f"shape {vocabulary.shape} and dtype {vocabulary.dtype}")
+    words = tuple(str(w) for w in vocabulary)
+    if int(tokens.max()) >= len(words):
+        raise DatasetError(f"{path}: x holds token id {int(tokens.max())}, but the vocabulary "
+                           f"has {len(words)} entries (ids 0 to {len(words) - 1})")
+    unknown = next((i for i, w in enumerate(words) if i > 0 and w in UNKNOWN_ENTRIES), None)
+    plain = [w for i, w in enumerate(words) if i not in (0, unknown)]
+    padded = tokens == 0  # (N, L)
+    partly = padded[padded.any(axis=1) & ~padded.all(axis=1)].astype(np.int8)
+    steps = np.diff(partly, axis=1)  # padding after the words: 0 -> 1 steps only
+    front = len(partly) > 0 and bool((steps <= 0).all()) and not bool((steps >= 0).all())
+    try:
+        return Tokenizer(words, tokens.shape[1], pad_id=0, unknown_id=unknown,
+                         lowercase=all(w == w.lower() for w in plain),
+                         split="words" if all(_ONE_WORD.fullmatch(w) for w in plain)
+                         else "whitespace",
+                         truncation_side="right", padding_side="left" if front else "right")
+    except TokenizerError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
 
 
 def check_finite_rows(a: np.ndarray, what: str) -> None:

@@ -6,7 +6,8 @@
                --verify_onnx_export--> fails loudly, nothing published
                [--report: onnxruntime latency of folded, unfolded and no-BN graphs]
                --stage_version--> REPOSITORY/NAME/<version>/{model.onnx, metadata.json}
-                  (the class labels also in model.onnx's metadata_props, bnserve.labels)
+                  (in model.onnx's metadata_props: the class labels, bnserve.labels,
+                   and a text model's tokenizer, bnserve.tokenizer)
                [--include-checkpoint: + checkpoint.pt without data rows, for the torch
                 recalibration engine; the run's validation rows never leave the run folder]
 
@@ -22,7 +23,9 @@ Two entry points share that path: ``export_run`` for a zoo run folder, and
 
 Token-id models (``text``, ``rnn`` on text) take an INT64 (B, L) input and no
 standardization; every other model takes FP32 raw features. The output is always FP32
-softmax probabilities (B, num_classes) named ``probabilities``.
+softmax probabilities (B, num_classes) named ``probabilities``. A token-id model trained on
+a dataset with a vocabulary (or given ``tokenizer=``) carries its tokenizer spec in the
+graph, its one home: no file beside it can disagree with it, and the card's sha256 covers it.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnserve.repository.graph import batchnorm_nodes
-from bnserve.repository.graph_metadata import set_graph_labels
+from bnserve.proto.tokenizer import TOKENIZER_KEY, Tokenizer
+from bnserve.repository.graph import batchnorm_nodes, index_input_bounds
+from bnserve.repository.graph_metadata import set_graph_labels, set_graph_tokenizer
 from bnserve.repository.layout import (
     METADATA_FILE,
     MODEL_FILE,
@@ -236,6 +240,7 @@ class ExportResult:
     report: VerificationReport
     card: dict[str, Any]  # the content of metadata.json
     seconds: float
+    tokenizer: Tokenizer | None = None  # written into model.onnx (bnserve.tokenizer)
 
     @property
     def latency(self) -> dict[str, Any] | None:
@@ -255,6 +260,8 @@ class _Source:
     checkpoint: Checkpoint | None  # published (without its data rows) when given
     held_out: np.ndarray | None = None  # clean rows never trained on: the drift threshold
     labels: tuple[str, ...] = ()  # class names, written into the graph's metadata too
+    tokenizer: Tokenizer | None = None  # text -> token ids, written into the graph's metadata
+    vocab_size: int | None = None  # the ids the model takes, when the spec says (zoo runs)
 
 
 def export_run(run_dir: Path | str, repository: Path | str, name: str,
@@ -288,7 +295,8 @@ def export_run(run_dir: Path | str, repository: Path | str, name: str,
     source = _Source(model=model, no_bn_model=no_bn.eval(), samples=ckpt.samples,
                      num_classes=ckpt.spec.num_classes, card_args={"checkpoint": ckpt},
                      checkpoint=ckpt.without_rows() if include_checkpoint else None,
-                     held_out=ckpt.held_out, labels=tuple(ckpt.labels))
+                     held_out=ckpt.held_out, labels=tuple(ckpt.labels),
+                     tokenizer=ckpt.tokenizer, vocab_size=ckpt.spec.vocab_size or None)
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
 
@@ -300,7 +308,8 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
                   version: int | None = None, report: bool = False,
                   latency_runs: int | None = None, dataset: str | None = None,
                   metrics: dict[str, Any] | None = None,
-                  calibration_input: torch.Tensor | np.ndarray | None = None) -> ExportResult:
+                  calibration_input: torch.Tensor | np.ndarray | None = None,
+                  tokenizer: Tokenizer | None = None) -> ExportResult:
     """Export a user's own ``module`` the way zoo models are: verified, into the repository.
 
     ``module`` maps a batch (B, *sample_shape) to (B, num_classes) logits; the served
@@ -317,7 +326,9 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
     names (default "0", "1", ...). ``fold``, ``report``: as for ``export_run``.
     ``calibration_input`` (M, *sample_shape): clean raw inputs the module was never trained
     on (a validation split, at least 128 rows); the drift alarm's threshold is calibrated on
-    them (without them the server uses its default threshold).
+    them (without them the server uses its default threshold). ``tokenizer``: for a module
+    taking token ids (N, L), how text becomes them (``bnserve.proto.tokenizer``); written
+    into the graph, so clients can send text (``bnserve predict --text``).
     """
     start = time.perf_counter()
     check_model_name(name)
@@ -332,6 +343,7 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
         )
     require_running_statistics(module)
     samples = _as_rows(sample_input)
+    tokenizer = _checked_tokenizer(tokenizer, samples)  # before the module runs on them
     held_out = None if calibration_input is None else _as_rows(calibration_input)
     model = InferenceModel(module, input_statistics).eval()
     with torch.no_grad():
@@ -347,7 +359,7 @@ def export_module(module: nn.Module, sample_input: torch.Tensor | np.ndarray,
                  "metrics": metrics}
     source = _Source(model=model, no_bn_model=no_bn, samples=samples, num_classes=num_classes,
                      card_args=card_args, checkpoint=None, held_out=held_out,
-                     labels=labels)
+                     labels=labels, tokenizer=tokenizer)
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
 
@@ -375,6 +387,7 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
     num_bn = len(batchnorm_layers(model))
     sample_shape = tuple(samples.shape[1:])
     dtype = torch.int64 if samples.dtype == np.int64 else torch.float32
+    tokenizer = _checked_tokenizer(source.tokenizer, samples)
 
     with tempfile.TemporaryDirectory(prefix="bnserve-export-") as tmp:
         graphs = {"folded": Path(tmp) / "folded.onnx", "unfolded": Path(tmp) / "unfolded.onnx"}
@@ -382,6 +395,8 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
         onnx_path = graphs["folded" if fold else "unfolded"]
         verification = verify_onnx_export(model, onnx_path, samples)
         verification.raise_for_failures()
+        if tokenizer is not None:
+            _check_tokenizer_ids(tokenizer, onnx_path, source.vocab_size)
         comparison = _compare_graphs(graphs["folded"], graphs["unfolded"], samples)
         latency = None
         if report:
@@ -395,7 +410,7 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
         with stage_version(repository, name, version) as staged:
             staged_onnx = staged.path / MODEL_FILE
             shutil.copyfile(onnx_path, staged_onnx)
-            _write_graph_labels(staged_onnx, source.labels)  # before the card's sha256
+            _write_graph_metadata(staged_onnx, source.labels, tokenizer)  # before the sha256
             reference = _write_reference(staged.path, graphs["unfolded"], fold=fold,
                                          held_out=source.held_out)
             if source.checkpoint is not None:
@@ -419,16 +434,44 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
     logger.info("exported %s version %d to %s in %.1f s", name, staged.version,
                 staged.final_path, seconds)
     return ExportResult(name=name, version=staged.version, path=staged.final_path,
-                        report=verification, card=card, seconds=seconds)
+                        report=verification, card=card, seconds=seconds, tokenizer=tokenizer)
 
 
-def _write_graph_labels(path: Path, labels: tuple[str, ...]) -> None:
-    """The class labels into the served graph's metadata_props (``bnserve.labels``), so the
-    graph names its classes without its card (``bnserve.repository.graph_metadata``)."""
-    if not labels:
+def _checked_tokenizer(tokenizer: Tokenizer | None, samples: np.ndarray) -> Tokenizer | None:
+    """``tokenizer`` for the exported graph's input, or ``ExportError`` when it cannot be the
+    rules of this model's inputs (not token ids, another sequence length)."""
+    if tokenizer is None:
+        return None
+    if samples.dtype != np.int64 or samples.ndim != 2:
+        raise ExportError(f"a tokenizer goes with a model taking token ids (N, L); this one "
+                          f"takes {samples.dtype} rows of shape {list(samples.shape[1:])}")
+    if tokenizer.sequence_length != samples.shape[1]:
+        raise ExportError(f"the tokenizer makes rows of {tokenizer.sequence_length} token ids, "
+                          f"but the model takes {samples.shape[1]}")
+    return tokenizer if tokenizer.input == INPUT_NAME else replace(tokenizer, input=INPUT_NAME)
+
+
+def _check_tokenizer_ids(tokenizer: Tokenizer, graph: Path, vocab_size: int | None) -> None:
+    """``ExportError`` when the tokenizer can make an id the graph's embedding has no row for
+    (the server would refuse every text using it)."""
+    limits = [rows for rows in (vocab_size, index_input_bounds(onnx.load(str(graph))).get(INPUT_NAME))
+              if rows is not None]
+    if limits and tokenizer.vocab_size > min(limits):
+        raise ExportError(f"the tokenizer's vocabulary has {tokenizer.vocab_size} words, but the "
+                          f"model takes token ids below {min(limits)} only")
+
+
+def _write_graph_metadata(path: Path, labels: tuple[str, ...], tokenizer: Tokenizer | None) -> None:
+    """The class labels (``bnserve.labels``) and the tokenizer (``bnserve.tokenizer``) into
+    the served graph's metadata_props, so the graph says what it answers and how to feed it
+    without its card (``bnserve.repository.graph_metadata``)."""
+    if not labels and tokenizer is None:
         return
     model = onnx.load(str(path))
-    set_graph_labels(model, labels)
+    if labels:
+        set_graph_labels(model, labels)
+    if tokenizer is not None:
+        set_graph_tokenizer(model, tokenizer)
     onnx.save(model, str(path))
 
 
@@ -513,6 +556,11 @@ def format_summary(result: ExportResult) -> str:
         f"({result.card['size_bytes'] / 1024:.0f} KiB, sha256 {result.card['sha256'][:12]}...) "
         f"and {METADATA_FILE}",
     ]
+    if result.tokenizer is not None:
+        t = result.tokenizer
+        lines.append(f"  tokenizer:           {t.vocab_size} words, rows of {t.sequence_length} "
+                     f"ids (split {t.split}{', lower-cased' if t.lowercase else ''}), in "
+                     f"{MODEL_FILE}'s metadata {TOKENIZER_KEY}")
     lines.append("  serving:             " + serving_note(result.path.parent, result.version))
     if result.latency is not None:
         from bnserve.training.latency import format_latency_table

@@ -2,6 +2,7 @@
 
     make_audio(seed) -> x (N, 1, 1024) float32 waveforms at 8 kHz, y (N,), labels
     make_text(seed)  -> x (N, 24) int64 token ids (0 = padding), y (N,), labels, vocabulary
+    text_tokenizer() -> the rules that turn a sentence into make_text's ids
 
 Both draw every random choice from one ``numpy.random.Generator`` seeded by ``seed``, so a
 seed always gives the same bytes. Classes overlap on purpose (tone bands cover part of the
@@ -11,6 +12,8 @@ chirps' sweep, topics share filler words and a few topic words) so a model has t
 from __future__ import annotations
 
 import numpy as np
+
+from bnserve.proto.tokenizer import Tokenizer
 
 SAMPLE_RATE = 8000  # Hz
 AUDIO_SAMPLES = 1024  # 128 ms per clip
@@ -91,6 +94,16 @@ def text_vocabulary() -> tuple[str, ...]:
     for topic_words in TOPICS.values():
         words += [w for w in topic_words if w not in words]
     return tuple(words)
+
+
+def text_tokenizer() -> Tokenizer:
+    """What ``make_text``'s ids mean as text: its vocabulary, lower-case words (punctuation
+    dropped), ``<pad>`` = 0 after the words, ``<unk>`` = 1 for any other word, rows of
+    ``TEXT_LENGTH`` ids, longer texts cut after their first ``TEXT_LENGTH`` words."""
+    vocabulary = text_vocabulary()
+    return Tokenizer(vocabulary, TEXT_LENGTH, pad_id=vocabulary.index(PAD),
+                     unknown_id=vocabulary.index(UNKNOWN), lowercase=True, split="words",
+                     truncation_side="right", padding_side="right")
 
 
 def make_text(seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:

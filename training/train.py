@@ -214,14 +214,40 @@ def split_dataset(dataset: Dataset, val_fraction: float, seed: int) -> tuple[np.
                                   stratify=dataset.y, random_state=seed, shuffle=True))
 
 
+@dataclass(frozen=True)
+class WordDropout:
+    """Replace a random ``rate`` of a token batch's words (not its padding) by the
+    unknown-word id (``TrainConfig.unknown_word_rate``), drawn from the shuffling generator
+    so a resumed run draws what an uninterrupted one would."""
+
+    rate: float
+    unknown_id: int
+    pad_id: int
+
+    def __call__(self, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        draw = torch.rand(tokens.shape, generator=generator, device=generator.device)  # (B, L)
+        hit = (draw.to(tokens.device) < self.rate) & (tokens != self.pad_id)
+        return torch.where(hit, torch.full_like(tokens, self.unknown_id), tokens)
+
+
+def word_dropout(config: TrainConfig, dataset: Dataset) -> WordDropout | None:
+    """The run's word dropout: for token data whose tokenizer has an unknown-word id."""
+    tokenizer, rate = dataset.tokenizer, config.word_dropout_rate
+    if not rate or tokenizer is None or tokenizer.unknown_id is None:
+        return None
+    return WordDropout(rate, tokenizer.unknown_id, tokenizer.pad_id)
+
+
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 *, batch_size: int, steps: int, generator: torch.Generator, epoch: int = 0,
-                all_finite: Callable[[float], bool] = math.isfinite) -> tuple[float, float]:
+                all_finite: Callable[[float], bool] = math.isfinite,
+                unknown_words: WordDropout | None = None) -> tuple[float, float]:
     """One pass of ``steps`` full shuffled batches; returns mean loss and accuracy seen.
 
     A NaN/Inf loss raises ``DivergenceError`` naming ``epoch`` and the batch, before the
-    step that would spread it into the weights.
+    step that would spread it into the weights. ``unknown_words``: token batches get some
+    words replaced by ``<unk>`` first.
     """
     model.train()
     order = torch.randperm(len(x), generator=generator)
@@ -229,6 +255,8 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for step in range(steps):
         idx = order[step * batch_size:(step + 1) * batch_size]
         xb, yb = x[idx], y[idx]  # (B, *sample_shape), (B,)
+        if unknown_words is not None:
+            xb = unknown_words(xb, generator)  # (B, L) some words -> <unk>
         logits = model(xb)  # (B, num_classes)
         loss = F.cross_entropy(logits, yb)
         value = loss.item()
@@ -304,6 +332,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool,
 
 def _check_same_config(saved: dict[str, Any], config: TrainConfig) -> None:
     wanted = config.to_dict()
+    saved = {"unknown_word_rate": 0.0, **saved}  # runs from before the knob trained without it
     differ = sorted(k for k in set(saved) | set(wanted)
                     if k not in ("num_threads", "epochs") and saved.get(k) != wanted.get(k))
     if differ:
@@ -374,6 +403,7 @@ def _train(config: TrainConfig, run_dir: Path, *, progress: bool, resume: bool,
     model = build_model(spec)
     trained, model = strategy.wrap(model)  # what the optimizer steps; `model` is inside it
     shuffle = strategy.generator(config.seed)  # also seeds dropout, per process
+    unknown_words = word_dropout(config, dataset)
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
@@ -426,7 +456,8 @@ def _train(config: TrainConfig, run_dir: Path, *, progress: bool, resume: bool,
             train_loss, train_acc = train_epoch(trained, x_epoch, y_epoch, optimizer, scheduler,
                                                 batch_size=process_batch, steps=steps,
                                                 generator=shuffle, epoch=epoch,
-                                                all_finite=strategy.all_finite)
+                                                all_finite=strategy.all_finite,
+                                                unknown_words=unknown_words)
             train_loss, train_acc = strategy.mean([train_loss, train_acc])
             val_loss, val_acc = strategy.evaluate(model, xv, yv)
             if not math.isfinite(val_loss):  # the same figure in every process
@@ -548,7 +579,7 @@ def write_run_folder(run_dir: Path, *, model: nn.Module, spec: ModelSpec, statis
         Checkpoint(spec=spec, state_dict=model.state_dict(), statistics=statistics,
                    labels=dataset.labels, dataset=dataset.name, config=config.to_dict(),
                    metrics=summary, samples=x_val[:VERIFICATION_SAMPLES].copy(),
-                   held_out=x_val[:HELD_OUT_ROWS].copy()),
+                   held_out=x_val[:HELD_OUT_ROWS].copy(), tokenizer=dataset.tokenizer),
         run_dir / CHECKPOINT_FILE,
     )
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

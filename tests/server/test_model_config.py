@@ -83,6 +83,7 @@ async def test_fields_bnserve_does_not_honour_are_logged_once_by_name(tmp_path, 
         optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } }
         model_warmup [ { name: "w" batch_size: 1 } ]
         parameters { key: "enable_mem_pattern" value: { string_value: "0" } }
+        parameters { key: "bnserve.tokenizer" value: { string_value: "{}" } }
     """)
     with caplog.at_level(logging.WARNING):
         async with lifecycle(tmp_path) as (_, registry):
@@ -90,7 +91,9 @@ async def test_fields_bnserve_does_not_honour_are_logged_once_by_name(tmp_path, 
     lines = [r.getMessage() for r in caplog.records if "does not honour" in r.getMessage()]
     assert len(lines) == 1
     for name in ("dynamic_batching.priority_levels", "input.reshape", "optimization",
-                 "model_warmup", "parameters['enable_mem_pattern']"):
+                 "model_warmup", "parameters['enable_mem_pattern']",
+                 # what ModelConfig reports, sent back in a config: the graph's is served
+                 "parameters['bnserve.tokenizer'] (the tokenizer is the one in model.onnx)"):
         assert name in lines[0]
     assert "input.reshape.shape" not in lines[0]  # the field is named, not its parts
 

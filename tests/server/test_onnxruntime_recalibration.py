@@ -115,6 +115,12 @@ def test_the_new_version_is_folded_whole_and_the_base_untouched(published, repos
     assert sorted(p.name for p in v2.iterdir()) == ["metadata.json", "model.onnx", "unfolded.onnx"]
     served, unfolded = onnx.load(str(v2 / "model.onnx")), onnx.load(str(v2 / "unfolded.onnx"))
     assert not [n for n in served.graph.node if n.op_type == "BatchNormalization"]
+    # What the exporter wrote into the graph (labels; a text model's tokenizer) goes along.
+    def bnserve_metadata(graph: onnx.ModelProto) -> dict[str, str]:
+        return {p.key: p.value for p in graph.metadata_props if p.key.startswith("bnserve.")}
+
+    assert bnserve_metadata(served) == bnserve_metadata(onnx.load(str(v1 / "model.onnx")))
+    assert "bnserve.labels" in bnserve_metadata(served)
     assert len(batchnorm_layers(unfolded)) == 7
     card = json.loads((v2 / "metadata.json").read_text())
     base_card = json.loads((v1 / "metadata.json").read_text())

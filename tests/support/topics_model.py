@@ -29,10 +29,15 @@ class TinyTextNet(nn.Module):
         return self.out(self.bn(self.embed(tokens).mean(dim=1)))  # (B, classes) logits
 
 
-def export_topics(repository: Path, name: str = "topics") -> ExportResult:
+def topics_net() -> TinyTextNet:
+    """The module, its BatchNorm statistics gathered on ``TOKENS``, in eval mode."""
     torch.manual_seed(0)
     net = TinyTextNet()
     with torch.no_grad():  # forward passes in train mode give BatchNorm running statistics
         for start in range(0, len(TOKENS), 32):
             net(torch.from_numpy(TOKENS[start:start + 32]))
-    return export_module(net.eval(), TOKENS[:64], repository, name, labels=TOPICS)
+    return net.eval()
+
+
+def export_topics(repository: Path, name: str = "topics") -> ExportResult:
+    return export_module(topics_net(), TOKENS[:64], repository, name, labels=TOPICS)

@@ -56,7 +56,7 @@ def test_norm_none_builds_the_same_network_without_batchnorm(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ZOO)
 def test_dry_run_exports_and_verifies(kind: str, zoo) -> None:
-    run, result = zoo.runs[kind], zoo.exports[kind]  # TrainConfig(dry_run=True, width=8)
+    run, result = zoo.runs[kind], zoo.exports[kind]  # dry runs, width 8 (text: its defaults)
 
     report = result.report
     assert report.ok and report.checker_passed
