@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from support.cli import CliResult, run_cli
+
 BASE_ONLY = r"""
 import importlib.abc, importlib.metadata as metadata, sys
 MODULES = {"torch", "onnxruntime", "onnx", "onnxscript", "onnx_ir", "sklearn", "pydantic",
@@ -33,14 +35,11 @@ def distribution(name):
         raise metadata.PackageNotFoundError(name)
     return installed(name)
 metadata.distribution = distribution
-from bnserve.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
-def base_only(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", BASE_ONLY, *args], capture_output=True,
-                          text=True, timeout=60)
+def base_only(*args: str) -> CliResult:
+    return run_cli(*args, before=BASE_ONLY, timeout=60)
 
 
 @pytest.mark.parametrize(("extra", "args"), [
