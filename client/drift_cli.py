@@ -85,12 +85,7 @@ def run(args: argparse.Namespace) -> int:
         except ModuleNotFoundError:
             raise UserError("--plot needs matplotlib, which the thin client does not "
                             "install: pip install matplotlib") from None
-    try:
-        options = security_options(args)
-    except OSError as exc:
-        raise UserError(file_problem(exc, "read")) from exc
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    options = security_options(args)
     shown = 0
     try:
         with Client(args.address, timeout=args.timeout, **options) as client:

@@ -23,6 +23,16 @@ ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive is a zip file
 NUMERIC_KINDS = "biuf"  # the kinds the protocol's tensor datatypes hold
 
 
+def _existing_file(flag: str, path: str, expected: str) -> Path:
+    """``path`` as a Path; ``UserError`` naming ``flag`` when it is missing or a folder."""
+    file = Path(path)
+    if not file.exists():
+        raise UserError(f"{flag}: no such file; {expected}")
+    if file.is_dir():
+        raise UserError(f"{flag}: is a directory; {expected}")
+    return file
+
+
 def _declared_dtype(handle) -> np.dtype | None:
     """The dtype in a .npy header, read without loading the data (None when unreadable)."""
     readers = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -38,11 +48,7 @@ def load_input_array(path: str, *, model: str) -> np.ndarray:
     """The array in ``path``; ``UserError`` naming ``--input`` and what it should hold."""
     flag = f"--input {path}"
     expected = f"expected a .npy array of numbers, rows first, for model {model}"
-    file = Path(path)
-    if not file.exists():
-        raise UserError(f"{flag}: no such file; {expected}")
-    if file.is_dir():
-        raise UserError(f"{flag}: is a directory; {expected}")
+    file = _existing_file(flag, path, expected)
     try:
         with file.open("rb") as handle:
             magic = handle.read(len(NPY_MAGIC))
@@ -108,11 +114,7 @@ def load_texts(texts: list[str] | None, text_file: str | None) -> list[tuple[str
         return [(f"--text {shown(text)}", text) for text in texts]
     assert text_file is not None
     flag = f"--text-file {text_file}"
-    file = Path(text_file)
-    if not file.exists():
-        raise UserError(f"{flag}: no such file; {TEXT_EXPECTED}")
-    if file.is_dir():
-        raise UserError(f"{flag}: is a directory; {TEXT_EXPECTED}")
+    file = _existing_file(flag, text_file, TEXT_EXPECTED)
     try:
         if file.stat().st_size > MAX_TEXT_FILE_BYTES:
             raise UserError(f"{flag}: over {MAX_TEXT_FILE_BYTES // (1024 * 1024)} MiB; "

@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from bnserve.cli.errors import UserError, file_problem
+    from bnserve.cli.errors import UserError
     from bnserve.client import BnserveError, Client
     from bnserve.client.call_errors import explain_call_error
     from bnserve.client.input_file import check_output_path, load_input_array, load_texts
@@ -104,12 +104,7 @@ def run_predict(args: argparse.Namespace) -> int:
         subject = "--text" if args.text is not None else f"--text-file {args.text_file}"
     if args.output:
         check_output_path(args.output)
-    try:
-        options = security_options(args)
-    except OSError as exc:
-        raise UserError(file_problem(exc, "read")) from exc
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    options = security_options(args)
     addresses = args.address or [DEFAULT_ADDRESS]
     try:
         with Client(addresses, timeout=args.timeout, **options) as client:
@@ -279,6 +274,7 @@ def health_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Healt
 
 
 def run_health(args: argparse.Namespace) -> int:
+    from bnserve.cli.errors import UserError
     from bnserve.client import BnserveError, Client
 
     try:
@@ -286,6 +282,9 @@ def run_health(args: argparse.Namespace) -> int:
         target = health_target(args, os.environ)
         if target.root_certificates is not None:
             options["root_certificates"] = target.root_certificates.read_bytes()
+    except UserError as exc:  # the security flags
+        print(f"bnserve health: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"bnserve health: {_problem(exc)}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bnserve.cli.errors import UserError, file_problem
+
 
 def add_security_flags(parser: argparse.ArgumentParser, *, auth_token: bool = True) -> None:
     parser.add_argument("--tls", action="store_true", help="use TLS with the system roots")
@@ -40,23 +42,27 @@ def first_token(text: str) -> str | None:
 
 
 def security_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Client keyword arguments from the flags. OSError when a file cannot be read,
-    ValueError when the flags do not fit together."""
+    """Client keyword arguments from the flags; ``UserError`` when a file cannot be read or
+    the flags do not fit together (every client subcommand reports it the same way)."""
     if bool(args.tls_certificate) != bool(args.tls_private_key):
-        raise ValueError("--tls-certificate and --tls-private-key go together")
-
-    def read(path: str | None) -> bytes | None:
-        return Path(path).read_bytes() if path else None
-
-    options: dict[str, Any] = {
-        "tls": args.tls,
-        "root_certificates": read(args.tls_ca),
-        "certificate_chain": read(args.tls_certificate),
-        "private_key": read(args.tls_private_key),
-    }
-    if getattr(args, "auth_token_file", None):
-        token = first_token(Path(args.auth_token_file).read_text(encoding="utf-8"))
-        if token is None:
-            raise ValueError(f"the auth token file {args.auth_token_file} holds no token")
-        options["auth_token"] = token
+        raise UserError("--tls-certificate and --tls-private-key go together")
+    try:
+        options: dict[str, Any] = {
+            "tls": args.tls,
+            "root_certificates": _read(args.tls_ca),
+            "certificate_chain": _read(args.tls_certificate),
+            "private_key": _read(args.tls_private_key),
+        }
+        token_file = getattr(args, "auth_token_file", None)
+        if token_file:
+            token = first_token(Path(token_file).read_text(encoding="utf-8"))
+            if token is None:
+                raise UserError(f"the auth token file {token_file} holds no token")
+            options["auth_token"] = token
+    except OSError as exc:
+        raise UserError(file_problem(exc, "read")) from exc
     return options
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None

@@ -59,18 +59,15 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
     else:
         config.version_policy.latest.num_versions = policy.num_versions
     # What the session runs with (auto values resolved for the usable cores), under
-    # Triton's onnxruntime parameter names; a test's fake session has only the settings.
-    tuning = getattr(model.session, "tuning", None)
-    parameters = {"intra_op_thread_count": settings.intra_op_threads,
-                  "inter_op_thread_count": settings.inter_op_threads}
-    if tuning is not None:
-        parameters = {
-            "intra_op_thread_count": tuning.intra_op_threads,
-            "inter_op_thread_count": tuning.inter_op_threads,
-            EXECUTION_MODE_PARAMETER: int(tuning.execution_mode == "parallel"),
-            **{name: int(getattr(tuning, f"{pool}_op_spinning"))
-               for name, pool in SPINNING_PARAMETERS.items()},
-        }
+    # Triton's onnxruntime parameter names.
+    tuning = model.session.tuning
+    parameters = {
+        "intra_op_thread_count": tuning.intra_op_threads,
+        "inter_op_thread_count": tuning.inter_op_threads,
+        EXECUTION_MODE_PARAMETER: int(tuning.execution_mode == "parallel"),
+        **{name: int(getattr(tuning, f"{pool}_op_spinning"))
+           for name, pool in SPINNING_PARAMETERS.items()},
+    }
     for name, value in parameters.items():
         config.parameters[name].string_value = str(value)
     config.parameters["batch_dependent"].string_value = settings.batch_dependent

@@ -264,3 +264,23 @@ def test_a_bug_is_one_line_and_its_traceback_is_shown_under_debug():
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr and "in broken" in debug.stderr
     assert debug.error_lines[-1] == "bnserve drift: internal error: KeyError: 'layers'"
+
+
+@pytest.mark.parametrize("command", [("predict", "--model", "digits", "--input"),
+                                     ("drift", "--model", "digits"), ("repository", "index")],
+                         ids=["predict", "drift", "repository"])
+def test_connection_flags_that_cannot_be_used_are_one_line(files: Path, tmp_path: Path,
+                                                           command: tuple[str, ...]):
+    """Every client subcommand reads its TLS and token files the same way (security_cli)."""
+    args = [*command, files / "images.npy"] if command[0] == "predict" else list(command)
+    half = one_error_line(run_cli(*args, "--address", DOWN, "--tls-certificate", tmp_path / "c.pem"))
+    assert half.endswith("error: --tls-certificate and --tls-private-key go together"), half
+    if command[0] == "repository":  # its token is the admin token, read by the subcommand
+        return
+    missing = tmp_path / "no.token"
+    line = one_error_line(run_cli(*args, "--address", DOWN, "--auth-token-file", missing))
+    assert line.endswith(f"error: cannot read {missing}: No such file or directory"), line
+    empty = tmp_path / "empty.token"
+    empty.write_text("# no token yet\n")
+    line = one_error_line(run_cli(*args, "--address", DOWN, "--auth-token-file", empty))
+    assert line.endswith(f"error: the auth token file {empty} holds no token"), line
