@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import MODELS, build_model  # noqa: E402
 from common import start_server  # noqa: E402
 from loadgen import build_requests, run_load  # noqa: E402
-from serving import _process_ticks, floor_answers, start_floor, stop  # noqa: E402
+from serving import floor_answers, process_ticks, start_floor, stop  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,16 +41,16 @@ def cpu_per_request(address: str, pid: int, requests: list[bytes], *, mode: str,
     spent per request (all threads, from /proc and os.times)."""
     asyncio.run(run_load(address, requests, mode=mode, concurrency=concurrency,
                          duration_s=0.5, warmup_s=0.3, rows_per_request=rows))
-    server_before, mine_before = _process_ticks(pid), os.times()
+    server_before, mine_before = process_ticks(pid), os.times()
     started = time.perf_counter()
     result = asyncio.run(run_load(address, requests, mode=mode, concurrency=concurrency,
                                   duration_s=seconds, warmup_s=0.0, rows_per_request=rows))
     wall = time.perf_counter() - started
     tick = os.sysconf("SC_CLK_TCK")
-    server_s = (_process_ticks(pid) - server_before) / tick
+    server_s = (process_ticks(pid) - server_before) / tick
     mine_after = os.times()
     generator_s = (mine_after.user + mine_after.system - mine_before.user - mine_before.system)
-    calls = result.requests_per_s * seconds
+    calls = result.requests
     return {"rows_per_s": result.rows_per_s, "server_us": 1e6 * server_s / calls,
             "server_cores": server_s / wall, "generator_us": 1e6 * generator_s / calls,
             "generator_cores": generator_s / wall}
@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         build_model(repository, args.model)
         from bnserve.server.runtime import OnnxRuntimeSession
 
-        spec = OnnxRuntimeSession(repository / args.model / "1" / "model.onnx").inputs[0]
-        requests = build_requests(args.model, spec.name, (batch, *spec.shape[1:]))
         session = OnnxRuntimeSession(repository / args.model / "1" / "model.onnx")
+        spec = session.inputs[0]
+        requests = build_requests(args.model, spec.name, (batch, *spec.shape[1:]))
         floor_answers(Path(scratch) / "answers", args.model, session, {batch},
                       {batch: requests})
         floor, floor_port = start_floor(Path(scratch) / "answers")

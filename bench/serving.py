@@ -5,9 +5,12 @@
     .venv/bin/python bench/serving.py --pin           # server and generator on separate cores
 
 For each model (built here, bench/bench_models.py) it measures
-  limit    the same model.onnx in onnxruntime in this process, the server's thread settings:
-           rows/s at batch 1 and 32, p50 of the batch-1 run;
+  limit    the same model.onnx in onnxruntime in this process, the better of two thread
+           plans (one run on every core, the server's default, or one single-thread run per
+           core; only the first under --pin or --intra-op-threads): rows/s at batch 1 and
+           32, p50 of the run;
   bnserve  ``bnserve serve`` (a subprocess on 127.0.0.1) under bench/loadgen.py's closed loop;
+  bnserve-no-drift  the same with the drift monitor off (the monitor's cost, per scenario);
   floor    bench/floor_server.py (a bare grpc.aio server, pre-serialised answers, no model)
            under the same load generator, the same requests;
 in each scenario (rows a request x requests in flight, unary and streaming), and writes
@@ -74,7 +77,7 @@ def _busy_ticks() -> int:
     return user + nice + system + irq + softirq + steal
 
 
-def _process_ticks(pid: int) -> int:
+def process_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime, all threads
 
@@ -85,11 +88,11 @@ class OtherLoad:
 
     def __init__(self, *server_pids: int) -> None:
         self.pids = tuple({os.getpid(), *server_pids})
-        self.started = (time.perf_counter(), _busy_ticks(), sum(map(_process_ticks, self.pids)))
+        self.started = (time.perf_counter(), _busy_ticks(), sum(map(process_ticks, self.pids)))
 
     def cores(self) -> float:
         wall, busy, ours = self.started
-        others = (_busy_ticks() - busy) - (sum(map(_process_ticks, self.pids)) - ours)
+        others = (_busy_ticks() - busy) - (sum(map(process_ticks, self.pids)) - ours)
         # max(0): ticks are counted per CPU at different moments, so a quiet interval can
         # read a hair below zero.
         return max(0.0, round(others / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - wall), 2))
@@ -178,7 +181,8 @@ def measure_limit(sessions: dict[str, tuple], input_name: str, sample_shape: tup
         for label, (session, runs_at_once) in sessions.items():
             other = OtherLoad()
             runs_per_s, times = _timed_runs(session, feeds, durations, runs_at_once)
-            # rows_per_s_at_p50: batch / median run time, which a neighbour's bursts move less.
+            # rows_per_s_at_p50: rows in flight / median run time, which a neighbour's bursts
+            # move less.
             plans[label] = {"rows_per_s": runs_per_s * batch,
                             "rows_per_s_at_p50": runs_at_once * batch / float(np.median(times)),
                             "p50_ms": float(np.median(times) * 1e3), "runs": len(times),
@@ -207,11 +211,11 @@ def bench_model(name: str, work: Path, args, durations: Durations, server_cpus, 
     model_file = repository / name / "1" / "model.onnx"
     session = OnnxRuntimeSession(model_file, tuning=tuning)
     # The limit is the better of two plans a config can choose (one instance on every
-    # core, the default, or instance_group count = cores, one thread each).
-    cores = len(server_cpus) if server_cpus else cpu_budget().cores
-    per_core = replace(defaults, instance_count=cores)
+    # core, the default, or instance_group count = cores, one thread each); a thread count
+    # fixed by --pin or --intra-op-threads leaves the first alone.
     sessions = {f"1 run x {tuning.intra_op_threads} threads": (session, 1)}
-    if cores > 1 and not threads:
+    if not threads and (cores := cpu_budget().cores) > 1:
+        per_core = replace(defaults, instance_count=cores)
         sessions[f"{cores} runs x 1 thread"] = (
             OnnxRuntimeSession(model_file, tuning=session_tuning(per_core, cpu_budget())), cores)
     spec = session.inputs[0]
@@ -355,8 +359,10 @@ def markdown(report: dict) -> str:
         info, limit = model["model"], model["limit"]
         flops = f", {info['mflop_per_row']} MFLOP/row" if "mflop_per_row" in info else ""
         lines += [f"## {info['name']}: {info['description']}{flops}", "",
-                  "In-process limit (onnxruntime in the bench's process, the better of "
-                  "two thread plans): " + "; ".join(
+                  "In-process limit (onnxruntime in the bench's process"
+                  + (", the better of two thread plans" if any(
+                      len(v.get("plans", {})) > 1 for v in limit.values()) else "")
+                  + "): " + "; ".join(
                       _limit_text(b, v) for b, v in limit.items()), "",
                   "| rows x in flight | mode | target | req/s | rows/s | p50 ms | p90 ms | "
                   "p99 ms | errors | vs floor | vs limit | drift cost | other load |",
@@ -426,8 +432,10 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s a scenario, 0.3 s warm-up")
-    parser.add_argument("--duration", type=float, help="seconds measured per scenario (default 4)")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up per scenario (default 1)")
+    parser.add_argument("--duration", type=float,
+                        help="seconds measured per scenario and repeat (default 2, --quick 1)")
+    parser.add_argument("--warmup", type=float,
+                        help="seconds of warm-up per scenario and repeat (default 0.5, --quick 0.3)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS),
                         help="ROWSxINFLIGHT, e.g. 1x32 32x4")

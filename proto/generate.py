@@ -5,8 +5,9 @@ protoc is run with the virtual include path ``bnserve/proto`` so that the genera
 module; the files are generated into a scratch folder and then copied next to the .proto.
 
 Only grpcio-tools ``GRPCIO_TOOLS`` generates them: the oldest with wheels for Python 3.11
-and with ``--pyi_out``. Its code runs on protobuf 4.21.6 (its protoc's own version, the
-base install's floor) up to 7.x, and its ``*_pb2_grpc.py`` checks no grpcio version, where
+and with ``--pyi_out``. Its code runs on protobuf 4.21.6 (its protoc's own version; the base
+install's floor is 4.25.8, for security fixes) up to 7.x, and its ``*_pb2_grpc.py`` checks
+no grpcio version, where
 a recent grpcio-tools' code refuses any runtime older than itself. It needs protobuf<5, so
 it lives in the floor environment (scripts/floor_env.py), whose python ``make proto`` runs
 this with.

@@ -229,6 +229,7 @@ def _typed_chunk(part, dtype: np.dtype, field: str, datatype: str, name: str) ->
 
 
 def has_contents(contents: pb.InferTensorContents) -> bool:
-    # Every field is repeated: the message has a size exactly when one holds a value
-    # (one C call instead of a getattr per field on every request).
-    return contents.ByteSize() > 0
+    # Every field is repeated: ListFields() names the non-empty ones (one C call instead of
+    # a getattr per field on every request). Not ByteSize(), which upb computes by
+    # serializing: a copy of the whole payload on every typed-contents request.
+    return bool(contents.ListFields())

@@ -139,9 +139,8 @@ def index_input_bounds(model: onnx.ModelProto) -> dict[str, int]:
     bounds: dict[str, int] = {}
     for node in graph.node:  # topologically sorted, as ONNX requires
         if node.op_type in _VALUE_PRESERVING and node.domain in ("", "ai.onnx") \
-                and node.input and node.input[0] in origin:
-            for output in node.output[:1]:
-                origin[output] = origin[node.input[0]]
+                and node.input and node.input[0] in origin and node.output:
+            origin[node.output[0]] = origin[node.input[0]]
         elif (node.op_type == "Gather" and node.domain in ("", "ai.onnx")
               and len(node.input) == 2 and node.input[1] in origin
               and node.input[0] in tables):
@@ -153,9 +152,7 @@ def index_input_bounds(model: onnx.ModelProto) -> dict[str, int]:
     return bounds
 
 
-_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
-                  onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
-                  onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+_INTEGER_TYPES = {t for t, d in BY_ONNX_TYPE.items() if d.dtype.kind in "iu"}
 
 
 class InitializerCopies:

@@ -32,6 +32,7 @@ KEY_FILE = "bnserve-floor.key"
 # numpy 1.23.2 has wheels for CPython 3.8 to 3.11 only, and bnserve
 # needs 3.10: on a newer Python the floor cannot be installed (pip would try to compile it).
 PYTHONS = ((3, 10), (3, 11))
+UNSUPPORTED_EXIT = 3  # the exit status for a Python the pins have no wheels for
 
 
 class FloorEnvError(RuntimeError):
@@ -42,32 +43,32 @@ class UnsupportedPython(FloorEnvError):
     """This Python is not one the floor pins have wheels for."""
 
 
-def environment_key(root: Path = ROOT) -> str:
+def environment_key() -> str:
     digest = hashlib.sha256()
-    for path in (REQUIREMENTS, root / "pyproject.toml"):
+    for path in (REQUIREMENTS, ROOT / "pyproject.toml"):
         digest.update(path.read_bytes())
     digest.update(sys.version.encode())
-    digest.update(str(root).encode())
+    digest.update(str(ROOT).encode())
     return digest.hexdigest()[:16]
 
 
-def ensure(location: Path = LOCATION, *, rebuild: bool = False) -> Path:
+def ensure(*, rebuild: bool = False) -> Path:
     """The floor environment's python, once the environment is there and current."""
     if sys.version_info[:2] not in PYTHONS:
         raise UnsupportedPython(
             f"the floor pins ({REQUIREMENTS.name}) have wheels for CPython "
             f"{' and '.join('.'.join(map(str, v)) for v in PYTHONS)} only; this is "
             f"{sys.version.split()[0]}")
-    python = location / "bin" / "python"
+    python = LOCATION / "bin" / "python"
     wanted = environment_key()
-    location.parent.mkdir(parents=True, exist_ok=True)
-    with open(location.parent / "floor.lock", "w") as lock:
+    LOCATION.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCATION.parent / "floor.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a second caller reuses it
-        stamp = location / KEY_FILE
+        stamp = LOCATION / KEY_FILE
         if not rebuild and stamp.is_file() and stamp.read_text() == wanted and python.exists():
             return python
-        shutil.rmtree(location, ignore_errors=True)
-        _run("create the virtual environment", [sys.executable, "-m", "venv", str(location)])
+        shutil.rmtree(LOCATION, ignore_errors=True)
+        _run("create the virtual environment", [sys.executable, "-m", "venv", str(LOCATION)])
         # Wheels only: an sdist would mean compiling grpcio, minutes, and not the tested build.
         _run("install the floor pins", [str(python), "-m", "pip", "install", "--quiet",
                                         "--only-binary=:all:", "--requirement", str(REQUIREMENTS)])
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure(rebuild=args.rebuild))
     except UnsupportedPython as exc:
         print(f"floor environment: {exc}", file=sys.stderr)
-        return 3
+        return UNSUPPORTED_EXIT
     except FloorEnvError as exc:
         print(f"floor environment: {exc}", file=sys.stderr)
         return 1

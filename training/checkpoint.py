@@ -35,6 +35,7 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 FORMAT = 1  # bump when the checkpoint layout changes
 VERIFICATION_SAMPLES = 64  # raw validation inputs a run's checkpoint keeps for export checks
+HELD_OUT_ROWS = 1024  # validation inputs kept for the drift threshold's calibration at export
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Checkpoint:
     config: dict[str, Any]  # the TrainConfig, as a dict
     metrics: dict[str, Any]  # final figures (metrics.json has the per-epoch history)
     samples: np.ndarray  # (K, *sample_shape) raw validation inputs (float32 or int64 tokens)
-    # Up to train.HELD_OUT_ROWS clean validation inputs, never trained on: export calibrates
+    # Up to HELD_OUT_ROWS clean validation inputs, never trained on: export calibrates
     # the drift alarm's threshold on them. None: a checkpoint from before, or a recalibrated
     # one (its clean distribution is the new data's, of which it holds no held-out rows).
     held_out: np.ndarray | None = None

@@ -377,7 +377,8 @@ def run_train(args: argparse.Namespace) -> int:
 
             if state is not None:
                 print(describe_resume(state, config), flush=True)
-            result = train(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
+            result = train(config, args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                           state=state)
         except KeyboardInterrupt as exc:  # Ctrl-C: one line on how to go on, no traceback
             hint = (exc.hint() if isinstance(exc, TrainingInterrupted)
                     else "interrupted before training started; nothing was written")

@@ -212,7 +212,8 @@ class DataParallel(SingleProcess):
 
 def train_distributed(config: TrainConfig, run_dir: Path | str, *, launch: Launch,
                       device: torch.device, progress: bool = True, resume: bool = False,
-                      overwrite: bool = False, dump_state: Path | None = None) -> TrainResult:
+                      overwrite: bool = False, dump_state: Path | None = None,
+                      state: dict[str, Any] | None = None) -> TrainResult:
     """``train`` as this rank of an initialized process group; rank 0 writes ``run_dir``.
 
     Every rank returns the same metrics. With ``dump_state``, each rank also saves the
@@ -221,7 +222,7 @@ def train_distributed(config: TrainConfig, run_dir: Path | str, *, launch: Launc
     """
     strategy = DataParallel(launch, device, seed=config.seed, dump_state=dump_state)
     return train(config, run_dir, progress=progress, resume=resume, overwrite=overwrite,
-                 strategy=strategy)
+                 strategy=strategy, state=state)
 
 
 def _no_buffer_broadcast() -> dict[str, bool]:
@@ -262,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with process_group(launch) as device:
             result = train_distributed(config, args.run_dir, launch=launch, device=device,
                                        resume=args.resume, overwrite=args.overwrite,
-                                       dump_state=args.dump_state)
+                                       dump_state=args.dump_state, state=resumed)
     except TrainingError as exc:
         print(f"bnserve.training.distributed: error: {exc}", file=sys.stderr)
         return 1

@@ -296,7 +296,8 @@ def export_run(run_dir: Path | str, repository: Path | str, name: str,
                      num_classes=ckpt.spec.num_classes, card_args={"checkpoint": ckpt},
                      checkpoint=ckpt.without_rows() if include_checkpoint else None,
                      held_out=ckpt.held_out, labels=tuple(ckpt.labels),
-                     tokenizer=ckpt.tokenizer, vocab_size=ckpt.spec.vocab_size or None)
+                     tokenizer=_checked_tokenizer(ckpt.tokenizer, ckpt.samples),
+                     vocab_size=ckpt.spec.vocab_size or None)
     return _publish(source, repository, name, version, fold=fold, report=report,
                     latency_runs=latency_runs, start=start)
 
@@ -387,7 +388,7 @@ def _publish(source: _Source, repository: Path | str, name: str, version: int | 
     num_bn = len(batchnorm_layers(model))
     sample_shape = tuple(samples.shape[1:])
     dtype = torch.int64 if samples.dtype == np.int64 else torch.float32
-    tokenizer = _checked_tokenizer(source.tokenizer, samples)
+    tokenizer = source.tokenizer  # checked against the samples where the source was built
 
     with tempfile.TemporaryDirectory(prefix="bnserve-export-") as tmp:
         graphs = {"folded": Path(tmp) / "folded.onnx", "unfolded": Path(tmp) / "unfolded.onnx"}

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from bnserve.training.checkpoint import (
     CHECKPOINT_FILE,
     CURVES_FILE,
+    HELD_OUT_ROWS,
     METRICS_FILE,
     TRAINING_STATE_FILE,
     VERIFICATION_SAMPLES,
@@ -74,7 +75,6 @@ from bnserve.training.models import MODEL_INPUTS, build_model, check_model_takes
 
 logger = logging.getLogger(__name__)
 
-HELD_OUT_ROWS = 1024  # validation inputs kept for the drift threshold's calibration at export
 RUN_FILES = (CHECKPOINT_FILE, TRAINING_STATE_FILE, METRICS_FILE, CURVES_FILE)
 BEST = "lowest val loss"  # what "best epoch" means, everywhere
 
@@ -183,11 +183,12 @@ def check_split(dataset: Dataset, val_fraction: float) -> None:
     """``ConfigError`` with the numbers when the stratified split cannot give every class a
     row in both parts (what scikit-learn would refuse, said in the run's terms)."""
     n, classes = len(dataset.y), dataset.num_classes
+    need = rows_for_split(classes, val_fraction)  # the one rule (datasets.py)
     num_val = math.ceil(val_fraction * n)  # how train_test_split rounds test_size
     num_train = n - num_val
     counts = np.bincount(dataset.y, minlength=classes)
     problems = []
-    if num_val < classes or num_train < classes:
+    if n < need:
         problems.append(f"val_fraction {val_fraction:g} of {n} rows gives {num_train} training "
                         f"and {num_val} validation rows, and each needs one row of each of the "
                         f"{classes} classes")
@@ -195,7 +196,6 @@ def check_split(dataset: Dataset, val_fraction: float) -> None:
         problems.append(f"class {dataset.labels[int(counts.argmin())]!r} has "
                         f"{int(counts.min())} row(s); each class needs at least 2")
     if problems:
-        need = rows_for_split(classes, val_fraction)  # the one rule (datasets.py)
         raise ConfigError(f"{dataset.name}: too few rows for the validation split: "
                           + "; ".join(problems) + f" (at least {need} rows, 2 per class)")
 
@@ -294,7 +294,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def train(config: TrainConfig, run_dir: Path | str, *, progress: bool = True,
           resume: bool = False, overwrite: bool = False,
           on_epoch_end: EpochCallback | None = None,
-          strategy: SingleProcess | None = None) -> TrainResult:
+          strategy: SingleProcess | None = None,
+          state: dict[str, Any] | None = None) -> TrainResult:
     """Train as ``config`` says and write ``run_dir``.
 
     ``run_dir`` must not hold a run (checkpoint.pt, last.pt, metrics.json): that is a
@@ -304,14 +305,15 @@ def train(config: TrainConfig, run_dir: Path | str, *, progress: bool = True,
     and ``num_threads``. ``on_epoch_end``: called with each epoch's figures after its state
     is saved; an exception there stops the run (a KeyboardInterrupt becomes
     ``TrainingInterrupted``), and ``resume`` picks it up. ``strategy``: one process (default)
-    or a torchrun job's rank (``bnserve.training.distributed``).
+    or a torchrun job's rank (``bnserve.training.distributed``). ``state``: RUN/last.pt as
+    the caller already read it for ``resume`` (the CLI does, to describe the resume).
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
         return _train(config, Path(run_dir), progress=progress, resume=resume,
                       overwrite=overwrite, on_epoch_end=on_epoch_end,
-                      strategy=strategy or SingleProcess())
+                      strategy=strategy or SingleProcess(), state=state)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -332,7 +334,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool,
 
 def _check_same_config(saved: dict[str, Any], config: TrainConfig) -> None:
     wanted = config.to_dict()
-    saved = {"unknown_word_rate": 0.0, **saved}  # runs from before the knob trained without it
+    saved = TrainConfig.from_dict(saved).to_dict()  # with the defaults of knobs added since
     differ = sorted(k for k in set(saved) | set(wanted)
                     if k not in ("num_threads", "epochs") and saved.get(k) != wanted.get(k))
     if differ:
@@ -381,9 +383,12 @@ def _stretch_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler,
 
 def _train(config: TrainConfig, run_dir: Path, *, progress: bool, resume: bool,
            overwrite: bool, on_epoch_end: EpochCallback | None,
-           strategy: SingleProcess) -> TrainResult:
+           strategy: SingleProcess, state: dict[str, Any] | None) -> TrainResult:
     check_run_dir(run_dir, resume=resume, overwrite=overwrite, command=strategy.command)
-    state = load_training_state(run_dir) if resume else None
+    if not resume:
+        state = None
+    elif state is None:
+        state = load_training_state(run_dir)
     dataset = load_training_data(config)
     check_split(dataset, config.val_fraction)
     x_train, x_val, y_train, y_val = split_dataset(dataset, config.val_fraction, config.seed)
@@ -402,7 +407,7 @@ def _train(config: TrainConfig, run_dir: Path, *, progress: bool, resume: bool,
     spec = model_spec(config, dataset)
     model = build_model(spec)
     trained, model = strategy.wrap(model)  # what the optimizer steps; `model` is inside it
-    shuffle = strategy.generator(config.seed)  # also seeds dropout, per process
+    shuffle = strategy.generator(config.seed)  # a torchrun rank also reseeds its dropout
     unknown_words = word_dropout(config, dataset)
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -488,7 +493,7 @@ def _train(config: TrainConfig, run_dir: Path, *, progress: bool, resume: bool,
                             val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
             if on_epoch_end is not None:
                 on_epoch_end(history[-1])
-        bar.close()
+        bar.close()  # before the summary prints; `finally` closes it on the way out of a failure
         return _finish(config, run_dir, strategy=strategy, model=model, spec=spec,
                        stats=stats, dataset=dataset, history=history, best=best,
                        stopped_early=stopped_early, epochs=epochs, steps=steps,

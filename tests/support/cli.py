@@ -1,4 +1,6 @@
-"""The ``bnserve`` command as a user runs it: the one way tests call the CLI.
+"""The ``bnserve`` command as a user runs it: the one way tests call the CLI (but for
+tests/client/test_fake_servicer.py, which runs the installed console script: that script
+is what it checks).
 
     run_cli("predict", "--model", "digits", "--input", path) -> CliResult(returncode, stdout, stderr)
 
